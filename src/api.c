@@ -1,0 +1,254 @@
+/*
+ * api.c - the public entry points, memalloc_*: argument checking, glibc's
+ * semantics for the corner cases, and the choice between a small class and
+ * a large block.  override.c maps the standard names onto these.
+ *
+ * Invariants: every result is 16-byte aligned; failures return NULL with
+ * errno set (ENOMEM, or EINVAL for a bad alignment) and change nothing; free
+ * preserves errno; a pointer memalloc did not hand out never reaches a
+ * header read before ptr_lookup() vouched for the memory it reads.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+#include "memalloc.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
+
+static inline void junk_fill(void *p, size_t n)
+{
+    long perturb = option(OPT_PERTURB);
+    if (unlikely(perturb))
+        memset(p, (int)(~perturb & 0xff), n);
+}
+
+/* ---- allocation ----------------------------------------------------------- */
+
+static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
+{
+    options_ensure();
+    if (n > (size_t)PTRDIFF_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return large_alloc(n, align, dirty);
+}
+
+/* Small blocks with an alignment above 16: the first class at least as big
+ * whose blocks all share that alignment (power-of-two classes are aligned
+ * to their size, up to a page). */
+static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
+{
+    ensure_init();
+    size_t want = n > align ? n : align;
+    if (align <= PAGE && want <= SMALL_MAX) {
+        unsigned cls = size_to_class(want);
+        while (cls < NUM_CLASSES && memalloc_classes[cls].align < align)
+            cls++;
+        if (cls < NUM_CLASSES) {
+            bool zeroed;
+            void *p = chunk_alloc(cls, &zeroed);
+            if (!p)
+                errno = ENOMEM;
+            *dirty = zeroed ? 0 : n;
+            return p;
+        }
+    }
+    if (align > (size_t)PTRDIFF_MAX / 2) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return malloc_large(n, align, dirty);
+}
+
+static inline void *alloc_any(size_t n, size_t *dirty)
+{
+    ensure_init();
+    if (likely(n <= SMALL_MAX)) {
+        bool zeroed;
+        void *p = chunk_alloc(size_to_class(n), &zeroed);
+        if (unlikely(!p))
+            errno = ENOMEM;
+        *dirty = zeroed ? 0 : n;
+        return p;
+    }
+    return malloc_large(n, ALIGNMENT, dirty);
+}
+
+EXPORT void *memalloc_malloc(size_t n)
+{
+    size_t dirty;
+    void *p = alloc_any(n, &dirty);
+    if (p)
+        junk_fill(p, n);
+    return p;
+}
+
+EXPORT void *memalloc_calloc(size_t nmemb, size_t size)
+{
+    size_t n, dirty;
+    if (__builtin_mul_overflow(nmemb, size, &n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = alloc_any(n, &dirty);
+    if (p && dirty)
+        memset(p, 0, dirty < n ? dirty : n);
+    return p;
+}
+
+/* ---- free ------------------------------------------------------------------ */
+
+static void free_checked(void *p, const char *func)
+{
+    void *meta;
+    switch (ptr_lookup(p, &meta)) {
+    case PTR_SMALL:
+        chunk_free(meta, p, func);
+        return;
+    case PTR_LARGE: {
+        struct large_block *b = meta;
+        if (unlikely(option(OPT_PERTURB)) && b->s.kind == SPAN_LARGE &&
+            (char *)b + b->user_off == (char *)p)
+            memset(p, (int)(option(OPT_PERTURB) & 0xff), b->requested);
+        large_free(b, p, func);
+        return;
+    }
+    case PTR_BAD:
+        break;
+    }
+    fatal_pointer(func, "invalid pointer", p);
+}
+
+EXPORT void memalloc_free(void *p)
+{
+    if (!p)
+        return;
+    int saved = errno;
+    free_checked(p, "free");
+    errno = saved;
+}
+
+/* ---- realloc ---------------------------------------------------------------- */
+
+/* Usable size of an in-use block, aborting on anything else. */
+static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_kind *kind)
+{
+    *kind = ptr_lookup(p, meta);
+    if (*kind == PTR_SMALL)
+        return chunk_block_size(*meta, p, func);
+    if (*kind == PTR_LARGE) {
+        struct large_block *b = *meta;
+        if (b->s.kind == SPAN_LARGE && (char *)b + b->user_off == (char *)p)
+            return large_usable(b);
+    }
+    fatal_pointer(func, "invalid pointer", p);
+}
+
+EXPORT void *memalloc_realloc(void *p, size_t n)
+{
+    if (!p)
+        return memalloc_malloc(n);
+    if (n == 0) {                   /* glibc: free and return NULL */
+        free_checked(p, "realloc");
+        return NULL;
+    }
+    void *meta;
+    enum ptr_kind kind;
+    size_t old = usable_checked(p, "realloc", &meta, &kind);
+    /* A large block shrinks in place, or grows into free space or the break
+     * above it; a small block that still fits stays where it is. */
+    if (kind == PTR_LARGE && large_resize_in_place(meta, n))
+        return p;
+    if (n <= old)
+        return p;
+    void *q = memalloc_malloc(n);
+    if (!q)
+        return NULL;                /* errno is ENOMEM; p is untouched */
+    memcpy(q, p, old < n ? old : n);
+    free_checked(p, "realloc");
+    return q;
+}
+
+EXPORT void *memalloc_reallocarray(void *p, size_t nmemb, size_t size)
+{
+    size_t n;
+    if (__builtin_mul_overflow(nmemb, size, &n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return memalloc_realloc(p, n);
+}
+
+/* ---- aligned allocation --------------------------------------------------------- */
+
+static void *memalign_common(size_t align, size_t n)
+{
+    size_t dirty;
+    void *p = align <= ALIGNMENT ? alloc_any(n, &dirty) : alloc_aligned(align, n, &dirty);
+    if (p)
+        junk_fill(p, n);
+    return p;
+}
+
+EXPORT int memalloc_posix_memalign(void **memptr, size_t align, size_t n)
+{
+    if (!is_pow2(align) || align % sizeof(void *) != 0)
+        return EINVAL;
+    int saved = errno;
+    void *p = memalign_common(align, n);
+    if (!p) {
+        errno = saved;
+        return ENOMEM;
+    }
+    *memptr = p;
+    return 0;
+}
+
+EXPORT void *memalloc_aligned_alloc(size_t align, size_t n)
+{
+    if (!is_pow2(align)) {          /* C17 / glibc >= 2.38 */
+        errno = EINVAL;
+        return NULL;
+    }
+    return memalign_common(align, n);
+}
+
+EXPORT void *memalloc_memalign(size_t align, size_t n)
+{
+    if (align > (size_t)PTRDIFF_MAX / 2 + 1) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!is_pow2(align) && align > ALIGNMENT)   /* glibc rounds up */
+        align = (size_t)1 << (64 - __builtin_clzl(align));
+    return memalign_common(align, n);
+}
+
+EXPORT void *memalloc_valloc(size_t n)
+{
+    return memalign_common(PAGE, n);
+}
+
+EXPORT void *memalloc_pvalloc(size_t n)
+{
+    if (n > (size_t)PTRDIFF_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t rounded = n == 0 ? PAGE : (n + PAGE - 1) & ~((size_t)PAGE - 1);
+    return memalign_common(PAGE, rounded);
+}
+
+EXPORT size_t memalloc_malloc_usable_size(void *p)
+{
+    if (!p)
+        return 0;
+    void *meta;
+    enum ptr_kind kind;
+    return usable_checked(p, "malloc_usable_size", &meta, &kind);
+}

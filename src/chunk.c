@@ -1,0 +1,302 @@
+/*
+ * chunk.c - small blocks: each size class carves equal blocks out of chunks
+ * taken from the heap, and keeps the chunks that have room on a list.
+ *
+ * Invariants, under the class lock (checked by chunk_check):
+ *   - a chunk's blocks below `carved` are either in use (bit set in
+ *     used_map) or on its free list, never both; blocks from `carved` up
+ *     were never handed out;
+ *   - in_use == popcount(used_map), in_use + free-list length == carved;
+ *   - a chunk is on its class's partial list exactly when it has room and
+ *     is not the class's spare; an empty chunk is either the spare or given
+ *     back to the heap at once.
+ * The bitmap is what makes double frees and interior pointers detectable
+ * without a per-block header.
+ */
+#define _GNU_SOURCE
+#include <string.h>
+
+#include "internal.h"
+
+static inline size_t block_index(const struct chunk *c, uintptr_t off)
+{
+    return (size_t)((off * c->div_mul) >> 40);
+}
+
+static void partial_push(struct size_class *sc, struct chunk *c)
+{
+    c->prev = NULL;
+    c->next = sc->partial;
+    if (c->next)
+        c->next->prev = c;
+    sc->partial = c;
+}
+
+static void partial_remove(struct size_class *sc, struct chunk *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        sc->partial = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+}
+
+/* ---- slow path: a new chunk for the class ------------------------------- */
+
+static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
+{
+    struct chunk *c = sc->spare;
+    if (c) {
+        sc->spare = NULL;
+        partial_push(sc, c);
+        return c;
+    }
+    options_ensure();
+    bool fresh;
+    struct span *s = heap_alloc_span(sc->units, &fresh);
+    if (!s)
+        return NULL;
+    c = (struct chunk *)s;
+    c->s.kind = SPAN_CHUNK;
+    c->cls = cls;
+    c->capacity = sc->capacity;
+    c->in_use = 0;
+    c->carved = 0;
+    c->free_list = NULL;
+    c->data_off = sc->data_off;
+    c->div_mul = sc->div_mul;
+    c->size = sc->size;
+    c->fresh = fresh;
+    if (!fresh)
+        memset(c->used_map, 0, sizeof c->used_map);
+    /* Publishing the chunk in the map last: free() trusts these bytes. */
+    size_t u = unit_index((uintptr_t)c);
+    for (size_t k = 0; k < sc->units; k++)
+        memalloc_unit_map[u + k] = (uint8_t)(MAP_SMALL | k);
+    sc->chunks++;
+    partial_push(sc, c);
+    return c;
+}
+
+static void chunk_retire(struct size_class *sc, struct chunk *c)
+{
+    size_t u = unit_index((uintptr_t)c);
+    for (size_t k = 1; k < c->s.units; k++)
+        memalloc_unit_map[u + k] = MAP_NONE;
+    sc->chunks--;
+    heap_free_span(&c->s);
+}
+
+/* ---- malloc of a small block -------------------------------------------- */
+
+void *chunk_alloc(unsigned cls, bool *zeroed)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    pthread_mutex_lock(&sc->lock);
+    struct chunk *c = sc->partial;
+    if (unlikely(!c)) {
+        c = chunk_new(sc, cls);
+        if (!c) {
+            pthread_mutex_unlock(&sc->lock);
+            return NULL;
+        }
+    }
+    void *p = c->free_list;
+    size_t idx;
+    if (p) {
+        c->free_list = *(void **)p;
+        idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
+        *zeroed = false;
+    } else {
+        idx = c->carved++;
+        p = (char *)c + c->data_off + idx * c->size;
+        *zeroed = c->fresh;
+    }
+    c->used_map[idx / 64] |= (uint64_t)1 << (idx % 64);
+    if (++c->in_use == c->capacity)
+        partial_remove(sc, c);
+    if (++sc->in_use > sc->peak)
+        sc->peak = sc->in_use;
+    pthread_mutex_unlock(&sc->lock);
+    return p;
+}
+
+/* ---- validation shared by free, realloc and malloc_usable_size ----------- */
+
+/* Index of p in c if p is a block of c that is in use; otherwise unlocks and
+ * aborts with a message naming func.  Called with the class lock held. */
+static size_t checked_index(struct size_class *sc, struct chunk *c, const void *p,
+                            const char *func)
+{
+    uintptr_t off = (uintptr_t)p - (uintptr_t)c;
+    const char *what = "invalid pointer";
+    if (off >= c->data_off) {
+        off -= c->data_off;
+        size_t idx = block_index(c, off);
+        if (idx * c->size == off && idx < c->carved) {
+            if (c->used_map[idx / 64] & ((uint64_t)1 << (idx % 64)))
+                return idx;
+            what = "double free";
+        } else if (idx < c->carved) {
+            what = "interior pointer";
+        }
+    }
+    pthread_mutex_unlock(&sc->lock);
+    fatal_pointer(func, what, p);
+}
+
+/* The chunk header itself is only trusted once its kind and class check out:
+ * a stale map entry must not send us to a random lock. */
+static struct size_class *lock_class_of(struct chunk *c, const void *p, const char *func)
+{
+    uint32_t cls = c->cls;
+    if (c->s.kind != SPAN_CHUNK || cls >= NUM_CLASSES)
+        fatal_pointer(func, "invalid pointer", p);
+    struct size_class *sc = &memalloc_classes[cls];
+    pthread_mutex_lock(&sc->lock);
+    return sc;
+}
+
+size_t chunk_block_size(struct chunk *c, const void *p, const char *func)
+{
+    struct size_class *sc = lock_class_of(c, p, func);
+    checked_index(sc, c, p, func);
+    size_t size = c->size;
+    pthread_mutex_unlock(&sc->lock);
+    return size;
+}
+
+/* ---- free of a small block ---------------------------------------------- */
+
+void chunk_free(struct chunk *c, void *p, const char *func)
+{
+    struct size_class *sc = lock_class_of(c, p, func);
+    size_t idx = checked_index(sc, c, p, func);
+    c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
+    long perturb = option(OPT_PERTURB);
+    if (unlikely(perturb))
+        memset(p, (int)(perturb & 0xff), c->size);
+    *(void **)p = c->free_list;
+    c->free_list = p;
+    sc->in_use--;
+    if (c->in_use-- == c->capacity)
+        partial_push(sc, c);
+    if (unlikely(c->in_use == 0)) {
+        partial_remove(sc, c);
+        if (!sc->spare)
+            sc->spare = c;
+        else
+            chunk_retire(sc, c);
+    }
+    pthread_mutex_unlock(&sc->lock);
+}
+
+/* Give every class's spare chunk back to the heap (malloc_trim). */
+size_t chunk_release_spares(void)
+{
+    size_t n = 0;
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
+        struct size_class *sc = &memalloc_classes[cls];
+        pthread_mutex_lock(&sc->lock);
+        struct chunk *c = sc->spare;
+        if (c) {
+            sc->spare = NULL;
+            chunk_retire(sc, c);
+            n++;
+        }
+        pthread_mutex_unlock(&sc->lock);
+    }
+    return n;
+}
+
+/* ---- checking ----------------------------------------------------------- */
+
+static int chunk_complain(const char *what, const struct chunk *c)
+{
+    char buf[160];
+    size_t n = 0;
+    const char *parts[] = {"memalloc_check: chunk of class ", NULL};
+    memcpy(buf, parts[0], strlen(parts[0]));
+    n = strlen(parts[0]);
+    n += fmt_unsigned(buf + n, c->cls);
+    buf[n++] = ':';
+    buf[n++] = ' ';
+    size_t len = strlen(what);
+    memcpy(buf + n, what, len);
+    n += len;
+    buf[n++] = '\n';
+    buf[n] = '\0';
+    message(buf);
+    return 1;
+}
+
+/* Blocks and chunks seen per class during one memalloc_check() walk. */
+static size_t seen_blocks[NUM_CLASSES], seen_chunks[NUM_CLASSES];
+
+void chunk_check_begin(void)
+{
+    memset(seen_blocks, 0, sizeof seen_blocks);
+    memset(seen_chunks, 0, sizeof seen_chunks);
+}
+
+int chunk_check_end(void)
+{
+    int bad = 0;
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
+        const struct size_class *sc = &memalloc_classes[cls];
+        if (seen_blocks[cls] != sc->in_use || seen_chunks[cls] != sc->chunks) {
+            struct chunk dummy = {.cls = cls};
+            bad += chunk_complain("class totals differ from its chunks", &dummy);
+        }
+    }
+    return bad;
+}
+
+/* Called by heap_check with every class lock and the heap lock held. */
+int chunk_check(struct chunk *c)
+{
+    if (c->cls >= NUM_CLASSES)
+        return chunk_complain("class out of range", c);
+    const struct size_class *sc = &memalloc_classes[c->cls];
+    seen_blocks[c->cls] += c->in_use;
+    seen_chunks[c->cls]++;
+    int bad = 0;
+    if (c->s.units != sc->units || c->size != sc->size || c->capacity != sc->capacity ||
+        c->data_off != sc->data_off)
+        bad += chunk_complain("header disagrees with its class", c);
+    if (c->in_use > c->carved || c->carved > c->capacity)
+        return bad + chunk_complain("counts out of range", c);
+    size_t bits = 0;
+    for (size_t i = 0; i < CHUNK_MAX_BLOCKS / 64; i++)
+        bits += (size_t)__builtin_popcountll(c->used_map[i]);
+    if (bits != c->in_use)
+        bad += chunk_complain("bitmap population differs from in_use", c);
+    size_t listed = 0;
+    uintptr_t lo = (uintptr_t)c + c->data_off;
+    for (void *p = c->free_list; p; p = *(void **)p) {
+        uintptr_t off = (uintptr_t)p - lo;
+        size_t idx = block_index(c, off);
+        if ((uintptr_t)p < lo || idx * c->size != off || idx >= c->carved)
+            return bad + chunk_complain("free list leaves the chunk", c);
+        if (c->used_map[idx / 64] & ((uint64_t)1 << (idx % 64)))
+            bad += chunk_complain("block both free and in use", c);
+        if (++listed > c->carved)
+            return bad + chunk_complain("free list has a cycle", c);
+    }
+    if (listed + c->in_use != c->carved)
+        bad += chunk_complain("free list plus in_use differ from carved", c);
+    bool on_partial = false;
+    for (const struct chunk *q = sc->partial; q; q = q->next)
+        if (q == c)
+            on_partial = true;
+    bool is_spare = sc->spare == c;
+    if (is_spare && c->in_use != 0)
+        bad += chunk_complain("spare chunk holds blocks", c);
+    if (!is_spare && on_partial != (c->in_use < c->capacity))
+        bad += chunk_complain("partial list membership wrong", c);
+    if (!is_spare && c->in_use == 0)
+        bad += chunk_complain("empty chunk neither spare nor released", c);
+    return bad;
+}

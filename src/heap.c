@@ -1,0 +1,601 @@
+/*
+ * heap.c - the heap top: the break, the segments it is made of, the spans
+ * that tile them, free space and large blocks.  Everything here runs under
+ * the one heap-top lock.
+ *
+ * Invariants (checked by heap_check):
+ *   - every unit from the heap base to the top segment's end belongs to
+ *     exactly one span, or to memory someone else took with sbrk (map NONE);
+ *   - a span's prev_units is its lower neighbour's size, 0 for the first
+ *     span of a segment; the last span of a non-top segment has SEG_END;
+ *   - no two free spans are adjacent: freeing coalesces at once;
+ *   - every free span is in exactly one bin, the one for floor(log2(units));
+ *   - `top` is the highest span of the top segment and ends at `end`, which
+ *     is where we last left the break.  We only move the break when sbrk(0)
+ *     still equals `end`; otherwise other code owns what lies above.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+uint8_t memalloc_unit_map[MAP_UNITS] HIDDEN;
+uintptr_t memalloc_heap_base HIDDEN;
+uintptr_t memalloc_heap_limit HIDDEN;
+
+#define NUM_BINS 23                 /* floor(log2(units)) for up to 2^22 units */
+
+static pthread_mutex_t heap_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+static struct {
+    uintptr_t seg_start;            /* first unit of the top segment */
+    uintptr_t seg_pad;              /* bytes below seg_start taken to align it */
+    uintptr_t end;                  /* end of the top segment */
+    struct span *top;               /* highest span of the top segment */
+    struct free_span *bins[NUM_BINS];
+    struct heap_stats st;
+} H;
+
+void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
+void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
+void heap_lock_reinit(void) { pthread_mutex_init(&heap_mutex, NULL); }
+
+/* ---- span helpers ------------------------------------------------------- */
+
+static inline size_t span_bytes(const struct span *s) { return s->units << UNIT_SHIFT; }
+
+static inline struct span *span_after(const struct span *s)
+{
+    if (s == H.top || (s->flags & SPAN_SEG_END))
+        return NULL;
+    return (struct span *)((char *)s + span_bytes(s));
+}
+
+static inline struct span *span_before(const struct span *s)
+{
+    if (s->prev_units == 0)
+        return NULL;
+    return (struct span *)((char *)s - (s->prev_units << UNIT_SHIFT));
+}
+
+static inline void fix_next_prev(struct span *s)
+{
+    struct span *n = span_after(s);
+    if (n)
+        n->prev_units = s->units;
+}
+
+static unsigned bin_of(size_t units)
+{
+    unsigned b = 63u - (unsigned)__builtin_clzl(units);
+    return b < NUM_BINS ? b : NUM_BINS - 1;
+}
+
+static void bin_insert(struct span *s)
+{
+    struct free_span *f = (struct free_span *)s;
+    unsigned b = bin_of(s->units);
+    f->prev = NULL;
+    f->next = H.bins[b];
+    if (f->next)
+        f->next->prev = f;
+    H.bins[b] = f;
+    H.st.free_bytes += span_bytes(s);
+}
+
+static void bin_remove(struct span *s)
+{
+    struct free_span *f = (struct free_span *)s;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        H.bins[bin_of(s->units)] = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    H.st.free_bytes -= span_bytes(s);
+}
+
+/* Best fit inside the first bin that can hold `units`; any span of a higher
+ * bin is big enough, and the lowest address among equals wins so that the
+ * top of the heap stays free to shrink. */
+static struct span *bin_find(size_t units)
+{
+    for (unsigned b = bin_of(units); b < NUM_BINS; b++) {
+        struct free_span *best = NULL;
+        for (struct free_span *f = H.bins[b]; f; f = f->next) {
+            if (f->s.units < units)
+                continue;
+            if (!best || f->s.units < best->s.units ||
+                (f->s.units == best->s.units && f < best))
+                best = f;
+        }
+        if (best)
+            return &best->s;
+    }
+    return NULL;
+}
+
+static void map_set(const struct span *s, uint8_t v)
+{
+    memalloc_unit_map[unit_index((uintptr_t)s)] = v;
+}
+
+/* Cut s down to `units`; the rest becomes a span of its own (returned, not
+ * yet free: the caller decides).  s keeps its kind. */
+static struct span *split(struct span *s, size_t units)
+{
+    struct span *rest = (struct span *)((char *)s + (units << UNIT_SHIFT));
+    rest->kind = SPAN_LARGE;        /* not free until the caller says so */
+    rest->units = s->units - units;
+    rest->prev_units = units;
+    rest->flags = s->flags;
+    s->flags &= ~SPAN_SEG_END;
+    s->units = units;
+    if (H.top == s)
+        H.top = rest;
+    fix_next_prev(rest);
+    map_set(rest, MAP_SPAN);
+    return rest;
+}
+
+/* ---- the break ---------------------------------------------------------- */
+
+static void publish_end(void)
+{
+    if (H.end > memalloc_heap_limit)
+        __atomic_store_n(&memalloc_heap_limit, H.end, __ATOMIC_RELEASE);
+    size_t bytes = H.st.heap_bytes;
+    if (bytes > H.st.heap_peak)
+        H.st.heap_peak = bytes;
+}
+
+/* Extend the top segment by `bytes` in place.  Only when the break is still
+ * where we left it: otherwise the memory above `end` is someone else's. */
+static bool extend_top(size_t bytes)
+{
+    if (!H.top || raw_break() != (void *)H.end)
+        return false;
+    if (bytes > (size_t)PTRDIFF_MAX ||
+        unit_index(H.end) + (bytes >> UNIT_SHIFT) > MAP_UNITS)
+        return false;
+    void *old = raw_sbrk((intptr_t)bytes);
+    if (old == (void *)-1)
+        return false;
+    if (old != (void *)H.end) {
+        /* Another thread moved the break between our two calls: give the
+         * odd piece back if we still can, and fail this attempt. */
+        if (raw_break() == (char *)old + bytes)
+            raw_sbrk(-(intptr_t)bytes);
+        return false;
+    }
+    H.end += bytes;
+    H.st.heap_bytes += bytes;
+    return true;
+}
+
+/* Start a new top segment of `units` units at the next unit boundary above
+ * the break.  Used for the first growth, after the top segment emptied,
+ * and when other code moved the break. */
+static struct span *new_segment(size_t units)
+{
+    uintptr_t cur = (uintptr_t)raw_break();
+    if (cur == (uintptr_t)-1)
+        return NULL;
+    uintptr_t aligned = (cur + UNIT - 1) & ~(UNIT - 1);
+    size_t pad = aligned - cur;
+    size_t bytes = units << UNIT_SHIFT;
+    if (memalloc_heap_base == 0)
+        memalloc_heap_base = aligned;
+    if (aligned < memalloc_heap_base || bytes > (size_t)PTRDIFF_MAX - pad ||
+        unit_index(aligned) + units > MAP_UNITS)
+        return NULL;
+    void *old = raw_sbrk((intptr_t)(pad + bytes));
+    if (old == (void *)-1)
+        return NULL;
+    if ((uintptr_t)old != cur) {
+        if (raw_break() == (char *)old + pad + bytes)
+            raw_sbrk(-(intptr_t)(pad + bytes));
+        return NULL;
+    }
+    if (H.top) {
+        /* The old top segment is closed for good; its free space stays in
+         * the bins and is still used. */
+        H.top->flags |= SPAN_SEG_END;
+    }
+    H.seg_start = aligned;
+    H.seg_pad = pad;
+    H.end = aligned + bytes;
+    H.st.heap_bytes += bytes;
+    H.st.segments++;
+    struct span *s = (struct span *)aligned;
+    s->units = units;
+    s->prev_units = 0;
+    s->flags = 0;
+    H.top = s;
+    map_set(s, MAP_SPAN);
+    publish_end();
+    return s;
+}
+
+/* Give the top span (free) back to the kernel, keeping `keep` bytes.  All
+ * reads of the span's header happen before the sbrk that may unmap it. */
+static bool shrink_top(size_t keep)
+{
+    struct span *s = H.top;
+    if (!s || s->kind != SPAN_FREE || raw_break() != (void *)H.end)
+        return false;
+    size_t keep_units = (keep + UNIT - 1) >> UNIT_SHIFT;
+    if (s->units <= keep_units)
+        return false;
+    size_t release = (s->units - keep_units) << UNIT_SHIFT;
+    bool whole_segment = keep_units == 0 && s->prev_units == 0;
+    size_t extra = whole_segment ? H.seg_pad : 0;
+    struct span *below = span_before(s);
+    bin_remove(s);
+    if (raw_sbrk(-(intptr_t)(release + extra)) == (void *)-1) {
+        bin_insert(s);
+        return false;
+    }
+    H.end -= release + extra;
+    H.st.heap_bytes -= release;
+    H.st.released_sbrk += release + extra;
+    if (keep_units) {
+        s->units = keep_units;
+        bin_insert(s);
+    } else {
+        map_set(s, MAP_NONE);
+        H.top = whole_segment ? NULL : below;
+    }
+    return true;
+}
+
+/* Mark s free, merge it with free neighbours, and either file it in a bin
+ * or, when it ends up on top and big enough, give it back to the kernel. */
+static void release_locked(struct span *s)
+{
+    s->kind = SPAN_FREE;
+    struct span *n = span_after(s);
+    if (n && n->kind == SPAN_FREE) {
+        bin_remove(n);
+        s->units += n->units;
+        s->flags |= n->flags & SPAN_SEG_END;
+        map_set(n, MAP_NONE);
+        if (H.top == n)
+            H.top = s;
+    }
+    struct span *p = span_before(s);
+    if (p && p->kind == SPAN_FREE) {
+        bin_remove(p);
+        p->units += s->units;
+        p->flags |= s->flags & SPAN_SEG_END;
+        map_set(s, MAP_NONE);
+        if (H.top == s)
+            H.top = p;
+        s = p;
+    }
+    fix_next_prev(s);
+    map_set(s, MAP_SPAN);
+    bin_insert(s);
+    if (s == H.top && span_bytes(s) >= (size_t)option(OPT_TRIM_THRESHOLD))
+        shrink_top((size_t)option(OPT_TOP_PAD));
+}
+
+/*
+ * A span of exactly `units` units, taken from free space or from new memory
+ * at the top.  *dirty is how many bytes from its start may hold old data
+ * (the rest came from the kernel and reads as zero).
+ */
+static struct span *alloc_locked(size_t units, size_t *dirty)
+{
+    struct span *s = bin_find(units);
+    if (s) {
+        bin_remove(s);
+        *dirty = span_bytes(s);
+    } else if (H.top && H.top->kind == SPAN_FREE &&
+               extend_top((units - H.top->units) << UNIT_SHIFT)) {
+        s = H.top;
+        bin_remove(s);
+        *dirty = span_bytes(s);
+        s->units = units;
+    } else if (H.top && H.top->kind != SPAN_FREE &&
+               extend_top(units << UNIT_SHIFT)) {
+        s = (struct span *)(H.end - (units << UNIT_SHIFT));
+        s->units = units;
+        s->prev_units = H.top->units;
+        s->flags = 0;
+        H.top = s;
+        map_set(s, MAP_SPAN);
+        *dirty = 0;
+    } else {
+        s = new_segment(units);
+        if (!s)
+            return NULL;
+        *dirty = 0;
+    }
+    publish_end();
+    s->kind = SPAN_LARGE;           /* before splitting: the rest must not merge back */
+    if (s->units > units)
+        release_locked(split(s, units));
+    return s;
+}
+
+/* ---- spans for chunks (chunk.c) ---------------------------------------- */
+
+struct span *heap_alloc_span(size_t units, bool *fresh)
+{
+    size_t dirty;
+    heap_lock();
+    struct span *s = alloc_locked(units, &dirty);
+    heap_unlock();
+    *fresh = s && dirty == 0;
+    return s;
+}
+
+/* The caller (a chunk being retired) has already cleared its map entries
+ * beyond the first unit. */
+void heap_free_span(struct span *s)
+{
+    heap_lock();
+    release_locked(s);
+    heap_unlock();
+}
+
+/* ---- large blocks -------------------------------------------------------- */
+
+static size_t user_offset(size_t align)
+{
+    if (align <= LARGE_HDR)
+        return LARGE_HDR;
+    return align < UNIT ? align : UNIT;
+}
+
+void *large_alloc(size_t size, size_t align, size_t *dirty_user)
+{
+    size_t off = user_offset(align);
+    size_t slack = align > UNIT ? align - UNIT : 0;
+    if (size > (size_t)PTRDIFF_MAX - off - slack - UNIT) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t units = (off + size + UNIT - 1) >> UNIT_SHIFT;
+    size_t dirty;
+
+    heap_lock();
+    struct span *s = alloc_locked(units + (slack >> UNIT_SHIFT), &dirty);
+    if (!s) {
+        heap_unlock();
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (slack) {
+        /* Put the user pointer on the alignment with the header one unit
+         * below it; free the units in front and behind. */
+        uintptr_t user = ((uintptr_t)s + UNIT + align - 1) & ~(align - 1);
+        size_t front = (user - UNIT - (uintptr_t)s) >> UNIT_SHIFT;
+        if (front) {
+            struct span *b = split(s, front);
+            b->kind = SPAN_LARGE;
+            release_locked(s);
+            dirty = dirty > (front << UNIT_SHIFT) ? dirty - (front << UNIT_SHIFT) : 0;
+            s = b;
+        }
+        if (s->units > units)
+            release_locked(split(s, units));
+    }
+    struct large_block *b = (struct large_block *)s;
+    b->s.kind = SPAN_LARGE;
+    b->user_off = off;
+    b->requested = size;
+    map_set(s, MAP_SPAN);
+    H.st.large_in_use += span_bytes(s);
+    H.st.large_blocks++;
+    heap_unlock();
+    *dirty_user = dirty > off ? dirty - off : 0;
+    return (char *)b + off;
+}
+
+size_t large_usable(const struct large_block *b)
+{
+    return span_bytes(&b->s) - b->user_off;
+}
+
+void large_free(struct large_block *b, const void *p, const char *func)
+{
+    heap_lock();
+    /* Re-read the map under the lock: a racing free may have merged this
+     * header into a free neighbour already. */
+    if (memalloc_unit_map[unit_index((uintptr_t)b)] != MAP_SPAN ||
+        b->s.kind != SPAN_LARGE || (char *)b + b->user_off != (const char *)p) {
+        bool was_free = b->s.kind == SPAN_FREE;
+        heap_unlock();
+        fatal_pointer(func, was_free ? "double free" : "invalid pointer", p);
+    }
+    H.st.large_in_use -= span_bytes(&b->s);
+    H.st.large_blocks--;
+    release_locked(&b->s);
+    heap_unlock();
+}
+
+/* Grow or shrink b without moving it: shrink by freeing whole units at its
+ * end, grow into a free neighbour or by moving the break when b is on top. */
+bool large_resize_in_place(struct large_block *b, size_t size)
+{
+    if (size > (size_t)PTRDIFF_MAX - b->user_off - UNIT)
+        return false;
+    size_t units = (b->user_off + size + UNIT - 1) >> UNIT_SHIFT;
+    bool ok = true;
+
+    heap_lock();
+    size_t before = span_bytes(&b->s);
+    if (units < b->s.units) {
+        release_locked(split(&b->s, units));
+    } else if (units > b->s.units) {
+        size_t need = units - b->s.units;
+        struct span *n = span_after(&b->s);
+        if (n && n->kind == SPAN_FREE && n->units < need && n == H.top &&
+            extend_top((need - n->units) << UNIT_SHIFT)) {
+            bin_remove(n);
+            n->units = need;
+            bin_insert(n);
+        }
+        if (n && n->kind == SPAN_FREE && n->units >= need) {
+            bin_remove(n);
+            map_set(n, MAP_NONE);
+            b->s.units += n->units;
+            b->s.flags |= n->flags & SPAN_SEG_END;
+            if (H.top == n)
+                H.top = &b->s;
+            fix_next_prev(&b->s);
+            if (b->s.units > units)
+                release_locked(split(&b->s, units));
+        } else if (!n && H.top == &b->s && extend_top(need << UNIT_SHIFT)) {
+            b->s.units = units;
+        } else {
+            ok = false;
+        }
+        publish_end();
+    }
+    if (ok) {
+        b->requested = size;
+        H.st.large_in_use += span_bytes(&b->s);
+        H.st.large_in_use -= before;
+    }
+    heap_unlock();
+    return ok;
+}
+
+/* ---- trimming, statistics, checking ------------------------------------- */
+
+int heap_trim(size_t pad)
+{
+    int released = 0;
+    heap_lock();
+    if (shrink_top(pad))
+        released = 1;
+    /* Free space below the top cannot go back with sbrk; give its pages back
+     * with madvise, keeping each span's header page. */
+    for (unsigned b = 0; b < NUM_BINS; b++) {
+        for (struct free_span *f = H.bins[b]; f; f = f->next) {
+            size_t len = span_bytes(&f->s) - PAGE;
+            if (len && madvise((char *)f + PAGE, len, MADV_DONTNEED) == 0) {
+                H.st.released_madvise += len;
+                released = 1;
+            }
+        }
+    }
+    heap_unlock();
+    return released;
+}
+
+void heap_get_stats(struct heap_stats *st)
+{
+    heap_lock();
+    *st = H.st;
+    heap_unlock();
+}
+
+static int complain(const char *what, const void *where)
+{
+    char buf[160];
+    size_t n = 0;
+    const char *head = "memalloc_check: ";
+    memcpy(buf, head, strlen(head));
+    n = strlen(head);
+    size_t len = strlen(what);
+    if (len > 100)
+        len = 100;
+    memcpy(buf + n, what, len);
+    n += len;
+    buf[n++] = ' ';
+    buf[n++] = '@';
+    n += fmt_unsigned(buf + n, (uintptr_t)where - memalloc_heap_base);
+    buf[n++] = '\n';
+    buf[n] = '\0';
+    message(buf);
+    return 1;
+}
+
+
+
+int heap_check(void)
+{
+    int bad = 0;
+    size_t free_spans = 0, free_bytes = 0, large = 0, large_bytes = 0;
+    if (!memalloc_heap_base)
+        return 0;
+    size_t end_u = unit_index(H.end);
+    const struct span *prev = NULL;
+    for (size_t u = 0; u < end_u;) {
+        uint8_t m = memalloc_unit_map[u];
+        if (m == MAP_NONE) {            /* another party's memory, or a pad */
+            if (prev && !(prev->flags & SPAN_SEG_END))
+                bad += complain("segment ends without SEG_END", prev);
+            prev = NULL;
+            u++;
+            continue;
+        }
+        struct span *s = (struct span *)unit_addr(u);
+        if (m != MAP_SPAN && m != MAP_SMALL)
+            bad += complain("map points into the middle of a chunk", s);
+        if (s->units == 0 || u + s->units > end_u)
+            return bad + complain("span size out of range", s);
+        if (s->prev_units != (prev ? prev->units : 0))
+            bad += complain("prev_units does not match", s);
+        switch (s->kind) {
+        case SPAN_FREE:
+            if (prev && prev->kind == SPAN_FREE)
+                bad += complain("two free spans adjacent", s);
+            free_spans++;
+            free_bytes += span_bytes(s);
+            break;
+        case SPAN_LARGE: {
+            const struct large_block *b = (const struct large_block *)s;
+            if (b->user_off < LARGE_HDR || b->user_off > UNIT ||
+                b->user_off + b->requested > span_bytes(s))
+                bad += complain("large block header inconsistent", s);
+            large++;
+            large_bytes += span_bytes(s);
+            break;
+        }
+        case SPAN_CHUNK:
+            bad += chunk_check((struct chunk *)s);
+            break;
+        default:
+            return bad + complain("unknown span kind", s);
+        }
+        for (size_t k = 1; k < s->units; k++) {
+            uint8_t want = s->kind == SPAN_CHUNK ? (uint8_t)(MAP_SMALL | k) : MAP_NONE;
+            if (memalloc_unit_map[u + k] != want) {
+                bad += complain("map disagrees with span interior", s);
+                break;
+            }
+        }
+        bool last = u + s->units == end_u;
+        if (last && s != H.top && !(s->flags & SPAN_SEG_END))
+            bad += complain("top span is not the highest span", s);
+        prev = (s->flags & SPAN_SEG_END) ? NULL : s;
+        u += s->units;
+    }
+    size_t binned = 0, binned_bytes = 0;
+    for (unsigned b = 0; b < NUM_BINS; b++)
+        for (struct free_span *f = H.bins[b]; f; f = f->next) {
+            if (f->s.kind != SPAN_FREE || bin_of(f->s.units) != b)
+                bad += complain("bin holds a wrong span", f);
+            binned++;
+            binned_bytes += span_bytes(&f->s);
+            if (binned > free_spans + 1)
+                return bad + complain("bin list longer than free spans (cycle?)", f);
+        }
+    if (binned != free_spans || binned_bytes != free_bytes || free_bytes != H.st.free_bytes)
+        bad += complain("free spans and bins disagree", (void *)memalloc_heap_base);
+    if (large != H.st.large_blocks || large_bytes != H.st.large_in_use)
+        bad += complain("large block statistics disagree", (void *)memalloc_heap_base);
+    if (H.top && (uintptr_t)H.top + span_bytes(H.top) != H.end)
+        bad += complain("top span does not end at the heap end", H.top);
+    for (size_t u = end_u; u < unit_index(memalloc_heap_limit); u++)
+        if (memalloc_unit_map[u] != MAP_NONE)
+            return bad + complain("map entry above the heap end", (void *)unit_addr(u));
+    return bad;
+}

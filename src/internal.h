@@ -1,0 +1,274 @@
+/*
+ * internal.h - memalloc's structures, constants and the small inline helpers
+ * that map a pointer to its metadata.  Everything here is hidden from the
+ * shared library's export list.
+ *
+ * Glossary
+ *   unit     64 KiB of address space, aligned to 64 KiB.  The heap is made of
+ *            whole units; every span starts on a unit boundary.
+ *   span     a run of units with a header in its first bytes: a small-class
+ *            chunk, a large block, or free space.  Spans tile each segment
+ *            with no gaps; each knows its size and its predecessor's size, so
+ *            free neighbours can be coalesced in O(1).
+ *   segment  a contiguous run of units obtained with sbrk.  There is more
+ *            than one only when other code moved the break behind our back;
+ *            only the top segment can grow or shrink.
+ *   chunk    a span owned by one size class and carved into equal blocks.
+ *            Small blocks carry no header: their chunk is found through the
+ *            unit map, their state in the chunk's bitmap.
+ *   unit map one byte per unit of the address range above the heap base,
+ *            saying whether a span starts there or which unit of a chunk it
+ *            is.  It lives in .bss (untouched pages cost nothing) and lets
+ *            free() validate any pointer before reading heap memory.
+ *
+ * Lock order (never taken in any other order):
+ *   size-class locks, in class-index order  ->  heap-top lock
+ * A thread holds at most one class lock except in memalloc_check() and the
+ * fork handlers, which take all of them in index order.  Nothing that may
+ * call malloc is called while any of these locks is held.
+ */
+#ifndef MEMALLOC_INTERNAL_H
+#define MEMALLOC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define NOINLINE __attribute__((noinline))
+
+/* ---- geometry ---------------------------------------------------------- */
+
+#define UNIT_SHIFT 16
+#define UNIT ((size_t)1 << UNIT_SHIFT)
+#define PAGE 4096u
+#define ALIGNMENT 16u               /* every result is 16-byte aligned */
+
+/* 2^22 units of 64 KiB: memalloc's heap may span 256 GiB above its base.
+ * That costs 4 MiB of .bss address space and one resident page of map per
+ * 256 MiB of heap actually used. */
+#define MAP_UNITS ((size_t)1 << 22)
+
+/* Small classes: 16..128 in steps of 16, then eight classes per doubling up
+ * to SMALL_MAX.  Eight steps per doubling bound the rounding waste of any
+ * request above 128 bytes by 1/8 = 12.5%: a request just above 2^k is
+ * rounded up by at most one step of 2^k/8.  Below 128 bytes the 16-byte
+ * alignment floor dominates instead.  SMALL_MAX is where a chunk of at
+ * least eight blocks reaches 1 MiB; beyond it a dedicated large block wastes
+ * at most the tail of one 64 KiB unit, and those tail pages are never
+ * touched, so they cost address space but no resident memory. */
+#define SMALL_MAX ((size_t)128 << 10)
+#define NUM_CLASSES 88
+#define CHUNK_MIN_BLOCKS 8
+
+/* ---- spans ------------------------------------------------------------- */
+
+enum span_kind {
+    SPAN_FREE  = 0x46524545,        /* "FREE" */
+    SPAN_LARGE = 0x4c415247,        /* "LARG" */
+    SPAN_CHUNK = 0x43484e4b,        /* "CHNK" */
+};
+
+#define SPAN_SEG_END 1u             /* last span of a non-top segment */
+
+struct span {
+    uint32_t kind;                  /* enum span_kind */
+    uint32_t flags;
+    size_t units;                   /* size of this span */
+    size_t prev_units;              /* size of the span below; 0: first in segment */
+};
+
+/* Free space: linked into a size bin of the heap. */
+struct free_span {
+    struct span s;
+    struct free_span *next, *prev;
+};
+
+/* A large block: one allocation.  The user pointer sits user_off bytes
+ * above the span start (64, the alignment, or a whole unit for alignments
+ * of a unit or more), so the header is found from the pointer's unit. */
+struct large_block {
+    struct span s;
+    size_t user_off;
+    size_t requested;               /* for statistics and usable size */
+};
+#define LARGE_HDR 64u
+
+/* A small-class chunk.  Free blocks form a singly linked list threaded
+ * through their first word; blocks past `carved` were never handed out. */
+#define CHUNK_MAX_BLOCKS (UNIT / ALIGNMENT)
+struct chunk {
+    struct span s;
+    uint32_t cls;
+    uint32_t capacity;              /* blocks that fit */
+    uint32_t in_use;                /* blocks handed out */
+    uint32_t carved;                /* blocks ever handed out (bump index) */
+    void *free_list;
+    struct chunk *next, *prev;      /* in the class's list of chunks with room */
+    uint32_t data_off;              /* offset of block 0 from the chunk start */
+    uint32_t size;                  /* block size, copied from the class */
+    uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
+    uint32_t fresh;                 /* memory came straight from sbrk: zero */
+    uint32_t pad_;
+    uint64_t used_map[CHUNK_MAX_BLOCKS / 64];   /* 1 bit per block in use */
+};
+#define CHUNK_HDR_SIZE sizeof(struct chunk)
+
+/* ---- the unit map ------------------------------------------------------- */
+
+#define MAP_NONE  0x00              /* no span starts here */
+#define MAP_SPAN  0x80              /* a free span or large block starts here */
+#define MAP_SMALL 0x40              /* unit k of a chunk: MAP_SMALL | k */
+#define MAP_SMALL_MAX_K 0x3f
+
+extern uint8_t memalloc_unit_map[MAP_UNITS] HIDDEN;
+extern uintptr_t memalloc_heap_base HIDDEN;         /* unit-aligned, set once */
+extern uintptr_t memalloc_heap_limit HIDDEN;        /* our highest end so far */
+
+static inline size_t unit_index(uintptr_t a)
+{
+    return (a - memalloc_heap_base) >> UNIT_SHIFT;
+}
+
+static inline uintptr_t unit_addr(size_t u)
+{
+    return memalloc_heap_base + (u << UNIT_SHIFT);
+}
+
+/* ---- size classes ------------------------------------------------------- */
+
+struct size_class {
+    pthread_mutex_t lock;
+    uint32_t size;                  /* block size */
+    uint32_t units;                 /* units per chunk */
+    uint32_t align;                 /* every block of the class is aligned so */
+    uint32_t data_off;
+    uint32_t capacity;
+    uint64_t div_mul;
+    struct chunk *partial;          /* chunks with at least one free block */
+    struct chunk *spare;            /* one empty chunk kept to avoid churn */
+    /* statistics, under the lock */
+    size_t in_use, peak, chunks, requested_bytes;
+} __attribute__((aligned(64)));
+
+extern struct size_class memalloc_classes[NUM_CLASSES] HIDDEN;
+extern const uint8_t memalloc_class_of_small[(128 >> 4) + 1] HIDDEN;
+
+static inline unsigned size_to_class(size_t n)
+{
+    if (n <= 128)
+        return memalloc_class_of_small[(n + 15) >> 4];
+    size_t m = n - 1;
+    unsigned msb = 63u - (unsigned)__builtin_clzl(m);
+    return 8u * (msb - 6u) + (unsigned)((m >> (msb - 3u)) & 7u);
+}
+
+HIDDEN void classes_init(void);
+HIDDEN size_t class_size_formula(unsigned cls);
+
+/* ---- chunks (chunk.c) --------------------------------------------------- */
+
+HIDDEN void *chunk_alloc(unsigned cls, bool *zeroed);
+HIDDEN void chunk_free(struct chunk *c, void *p, const char *func);
+HIDDEN size_t chunk_release_spares(void);
+HIDDEN size_t chunk_block_size(struct chunk *c, const void *p, const char *func);
+HIDDEN void chunk_check_begin(void);
+HIDDEN int chunk_check_end(void);
+
+/* ---- the heap (heap.c) -------------------------------------------------- */
+
+struct heap_stats {
+    size_t heap_bytes, heap_peak, large_in_use, large_blocks, free_bytes;
+    size_t released_sbrk, released_madvise, segments;
+};
+
+HIDDEN struct span *heap_alloc_span(size_t units, bool *fresh);
+HIDDEN void heap_free_span(struct span *s);
+HIDDEN void *large_alloc(size_t size, size_t align, size_t *dirty_user);
+HIDDEN void large_free(struct large_block *b, const void *p, const char *func);
+HIDDEN bool large_resize_in_place(struct large_block *b, size_t size);
+HIDDEN size_t large_usable(const struct large_block *b);
+HIDDEN int heap_trim(size_t pad);
+HIDDEN void heap_get_stats(struct heap_stats *st);
+HIDDEN void heap_lock(void);
+HIDDEN void heap_unlock(void);
+HIDDEN void heap_lock_reinit(void);
+HIDDEN int heap_check(void);        /* caller holds the heap lock */
+HIDDEN int chunk_check(struct chunk *c);  /* caller holds the class lock */
+
+/* ---- pointer lookup ----------------------------------------------------- */
+
+enum ptr_kind { PTR_BAD, PTR_SMALL, PTR_LARGE };
+
+/*
+ * Classify p without trusting it: range check first, then the map, then
+ * the header the map vouches for.  For PTR_SMALL *meta is the chunk, for
+ * PTR_LARGE the block header.  Interior and misaligned pointers are
+ * PTR_BAD here or caught by the chunk's own bitmap check.
+ */
+static inline enum ptr_kind ptr_lookup(const void *p, void **meta)
+{
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t limit = __atomic_load_n(&memalloc_heap_limit, __ATOMIC_ACQUIRE);
+    if (unlikely(a < memalloc_heap_base || a >= limit || (a & (ALIGNMENT - 1))))
+        return PTR_BAD;
+    size_t u = unit_index(a);
+    uint8_t m = memalloc_unit_map[u];
+    if (likely(m & MAP_SMALL)) {
+        *meta = (void *)unit_addr(u - (m & MAP_SMALL_MAX_K));
+        return PTR_SMALL;
+    }
+    if (m == MAP_SPAN && (a & (UNIT - 1)) != 0) {
+        *meta = (void *)unit_addr(u);
+        return PTR_LARGE;
+    }
+    if (m == MAP_NONE && (a & (UNIT - 1)) == 0 && u > 0 &&
+        memalloc_unit_map[u - 1] == MAP_SPAN) {
+        *meta = (void *)unit_addr(u - 1);
+        return PTR_LARGE;
+    }
+    return PTR_BAD;
+}
+
+/* ---- options and statistics (options.c) -------------------------------- */
+
+enum option_id {
+    OPT_TRIM_THRESHOLD,             /* free top space that triggers a shrink */
+    OPT_TOP_PAD,                    /* free top space kept after a shrink */
+    OPT_STATS,                      /* print statistics at exit */
+    OPT_VERBOSE,                    /* warn about bad option values etc. */
+    OPT_PERTURB,                    /* glibc's MALLOC_PERTURB_ junk byte */
+    OPT_COUNT
+};
+
+extern long memalloc_options[OPT_COUNT] HIDDEN;
+HIDDEN void options_load(void);
+extern bool memalloc_options_loaded HIDDEN;
+static inline void options_ensure(void)
+{
+    if (unlikely(!memalloc_options_loaded))
+        options_load();
+}
+static inline long option(enum option_id id) { return memalloc_options[id]; }
+HIDDEN void stats_print(void);
+
+/* ---- platform (platform.c) ---------------------------------------------- */
+
+HIDDEN void *raw_sbrk(intptr_t delta);
+HIDDEN void *raw_break(void);
+HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const void *p);
+HIDDEN void message(const char *text);
+HIDDEN size_t fmt_unsigned(char *buf, size_t v);
+HIDDEN void lazy_init(void);
+
+extern int memalloc_initialized HIDDEN;
+static inline void ensure_init(void)
+{
+    if (unlikely(!__atomic_load_n(&memalloc_initialized, __ATOMIC_ACQUIRE)))
+        lazy_init();
+}
+
+#endif /* MEMALLOC_INTERNAL_H */

@@ -1,0 +1,239 @@
+/*
+ * options.c - options and statistics: the one table of MEMALLOC_* settings
+ * (read once from the environment), mallopt, mallinfo, malloc_stats,
+ * malloc_trim and the report printed at exit with MEMALLOC_STATS=1.
+ *
+ * Invariants: options are read with getenv only (it never allocates) and
+ * only once the environment exists; a bad value keeps the default and, with
+ * MEMALLOC_VERBOSE=1, says so in one line.  Statistics are read under the
+ * locks that guard them, one lock at a time.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "memalloc.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+struct option_desc {
+    const char *env;
+    long def, min, max;
+};
+
+/* The whole table of settings.  MALLOC_PERTURB_ is glibc's name, honoured
+ * because `meson test` and glibc users expect it to junk-fill memory. */
+static const struct option_desc option_table[OPT_COUNT] = {
+    [OPT_TRIM_THRESHOLD] = {"MEMALLOC_TRIM_THRESHOLD", 128 << 10, 0, PTRDIFF_MAX},
+    [OPT_TOP_PAD]        = {"MEMALLOC_TOP_PAD", 0, 0, PTRDIFF_MAX},
+    [OPT_STATS]          = {"MEMALLOC_STATS", 0, 0, 1},
+    [OPT_VERBOSE]        = {"MEMALLOC_VERBOSE", 0, 0, 1},
+    [OPT_PERTURB]        = {"MALLOC_PERTURB_", 0, 0, 255},
+};
+
+long memalloc_options[OPT_COUNT] HIDDEN = {
+    [OPT_TRIM_THRESHOLD] = 128 << 10,
+};
+
+extern char **__environ;
+
+/* Accepts decimal with an optional k/m/g suffix. */
+static bool parse_value(const char *s, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    long mul = 1;
+    switch (*end) {
+    case 'k': case 'K': mul = 1L << 10; end++; break;
+    case 'm': case 'M': mul = 1L << 20; end++; break;
+    case 'g': case 'G': mul = 1L << 30; end++; break;
+    }
+    if (*end != '\0' || __builtin_mul_overflow(v, mul, out))
+        return false;
+    return true;
+}
+
+bool memalloc_options_loaded HIDDEN;
+
+/* The loader may call malloc before libc has set up the environment; then
+ * the defaults hold until a later slow path finds the environment. */
+void options_load(void)
+{
+    if (!__environ)
+        return;
+    memalloc_options_loaded = true;
+    int saved = errno;
+    for (int i = 0; i < OPT_COUNT; i++) {
+        const struct option_desc *d = &option_table[i];
+        memalloc_options[i] = d->def;
+        const char *s = getenv(d->env);
+        if (!s)
+            continue;
+        long v;
+        if (parse_value(s, &v) && v >= d->min && v <= d->max) {
+            memalloc_options[i] = v;
+        } else if (i != OPT_PERTURB) {
+            /* glibc ignores a bad MALLOC_PERTURB_ silently; ours warn. */
+            message("memalloc: warning: bad value for ");
+            message(d->env);
+            message(", using the default\n");
+        }
+    }
+    errno = saved;
+}
+
+/* ---- glibc's malloc.h extensions ------------------------------------------- */
+
+EXPORT int memalloc_mallopt(int param, int value)
+{
+    ensure_init();
+    switch (param) {
+    case M_TRIM_THRESHOLD:
+        if (value < 0)
+            return 0;
+        memalloc_options[OPT_TRIM_THRESHOLD] = value;
+        return 1;
+    case M_TOP_PAD:
+        if (value < 0)
+            return 0;
+        memalloc_options[OPT_TOP_PAD] = value;
+        return 1;
+    case M_PERTURB:
+        memalloc_options[OPT_PERTURB] = value & 0xff;
+        return 1;
+    case M_MXFAST: case M_MMAP_THRESHOLD: case M_MMAP_MAX: case M_CHECK_ACTION:
+    case M_ARENA_TEST: case M_ARENA_MAX:
+        return 1;                   /* accepted; nothing here they could tune */
+    default:
+        return 0;
+    }
+}
+
+EXPORT int memalloc_malloc_trim(size_t pad)
+{
+    ensure_init();
+    int released = chunk_release_spares() > 0;
+    released |= heap_trim(pad);
+    return released;
+}
+
+EXPORT void memalloc_get_stats(struct memalloc_stats *out)
+{
+    ensure_init();
+    struct heap_stats h;
+    size_t small = 0, chunks = 0;
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        struct size_class *sc = &memalloc_classes[c];
+        pthread_mutex_lock(&sc->lock);
+        small += sc->in_use * sc->size;
+        chunks += sc->chunks;
+        pthread_mutex_unlock(&sc->lock);
+    }
+    heap_get_stats(&h);
+    out->heap_bytes = h.heap_bytes;
+    out->heap_peak = h.heap_peak;
+    out->small_in_use = small;
+    out->large_in_use = h.large_in_use;
+    out->free_bytes = h.free_bytes;
+    out->released_sbrk = h.released_sbrk;
+    out->chunks = chunks;
+    out->large_blocks = h.large_blocks;
+}
+
+EXPORT struct memalloc_mallinfo2 memalloc_mallinfo2(void)
+{
+    struct memalloc_stats st;
+    memalloc_get_stats(&st);
+    struct memalloc_mallinfo2 mi = {0};
+    mi.arena = st.heap_bytes;
+    mi.ordblks = st.chunks;
+    mi.hblks = st.large_blocks;
+    mi.usmblks = st.heap_peak;
+    mi.uordblks = st.small_in_use + st.large_in_use;
+    mi.fordblks = st.heap_bytes - mi.uordblks;
+    mi.keepcost = st.free_bytes;
+    return mi;
+}
+
+static int clamp_int(size_t v) { return v > 0x7fffffff ? 0x7fffffff : (int)v; }
+
+EXPORT struct memalloc_mallinfo memalloc_mallinfo(void)
+{
+    struct memalloc_mallinfo2 m2 = memalloc_mallinfo2();
+    struct memalloc_mallinfo mi = {
+        clamp_int(m2.arena), clamp_int(m2.ordblks), clamp_int(m2.smblks),
+        clamp_int(m2.hblks), clamp_int(m2.hblkhd), clamp_int(m2.usmblks),
+        clamp_int(m2.fsmblks), clamp_int(m2.uordblks), clamp_int(m2.fordblks),
+        clamp_int(m2.keepcost),
+    };
+    return mi;
+}
+
+/* ---- the report ---------------------------------------------------------------- */
+
+static void line(const char *label, size_t v)
+{
+    char buf[96];
+    size_t n = strlen(label);
+    memcpy(buf, label, n);
+    n += fmt_unsigned(buf + n, v);
+    buf[n++] = '\n';
+    buf[n] = '\0';
+    message(buf);
+}
+
+void stats_print(void)
+{
+    message("memalloc statistics\n"
+            "class     size    in use      peak    chunks\n");
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        struct size_class *sc = &memalloc_classes[c];
+        pthread_mutex_lock(&sc->lock);
+        size_t v[5] = {c, sc->size, sc->in_use, sc->peak, sc->chunks};
+        pthread_mutex_unlock(&sc->lock);
+        if (v[4] == 0 && v[3] == 0)
+            continue;
+        char buf[96];
+        size_t n = 0;
+        static const size_t width[5] = {5, 9, 10, 10, 10};
+        for (int i = 0; i < 5; i++) {
+            char num[24];
+            size_t len = fmt_unsigned(num, v[i]);
+            while (len < width[i] && n < sizeof buf - 30)
+                buf[n++] = ' ', len++;
+            n += fmt_unsigned(buf + n, v[i]);
+        }
+        buf[n++] = '\n';
+        buf[n] = '\0';
+        message(buf);
+    }
+    struct heap_stats h;
+    heap_get_stats(&h);
+    line("heap bytes now:        ", h.heap_bytes);
+    line("heap bytes at peak:    ", h.heap_peak);
+    line("large blocks in use:   ", h.large_blocks);
+    line("large bytes in use:    ", h.large_in_use);
+    line("free bytes in heap:    ", h.free_bytes);
+    line("returned with sbrk:    ", h.released_sbrk);
+    line("returned with madvise: ", h.released_madvise);
+    line("segments:              ", h.segments);
+}
+
+EXPORT void memalloc_malloc_stats(void)
+{
+    ensure_init();
+    stats_print();
+}
+
+/* Not needed for correctness, only for the report: runs at exit. */
+__attribute__((destructor)) static void stats_at_exit(void)
+{
+    if (memalloc_initialized && option(OPT_STATS))
+        stats_print();
+}
