@@ -14,6 +14,7 @@
 
 #include "internal.h"
 #include "memalloc.h"
+#include "tcache.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -65,12 +66,26 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
     return malloc_large(n, align, dirty);
 }
 
-static inline void *alloc_any(size_t n, size_t *dirty)
+/* ---- slow path: no cache, cache miss, large blocks ------------------------- */
+
+/* Any size, with *dirty set to how many leading bytes may be non-zero. */
+static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 {
     ensure_init();
     if (likely(n <= SMALL_MAX)) {
+        unsigned cls = size_to_class(n);
+        struct tcache *t = memalloc_tc;
+        if (n <= TC_MAX_SIZE && (t || (t = tcache_create()))) {
+            void *p = tcache_pop(t, cls);
+            if (!p)
+                p = tcache_refill(t, cls);
+            if (!p)
+                errno = ENOMEM;
+            *dirty = n;
+            return p;
+        }
         bool zeroed;
-        void *p = chunk_alloc(size_to_class(n), &zeroed);
+        void *p = chunk_alloc(cls, &zeroed);
         if (unlikely(!p))
             errno = ENOMEM;
         *dirty = zeroed ? 0 : n;
@@ -79,13 +94,26 @@ static inline void *alloc_any(size_t n, size_t *dirty)
     return malloc_large(n, ALIGNMENT, dirty);
 }
 
-EXPORT void *memalloc_malloc(size_t n)
+static NOINLINE void *malloc_slow(size_t n)
 {
     size_t dirty;
-    void *p = alloc_any(n, &dirty);
+    void *p = alloc_slow(n, &dirty);
     if (p)
         junk_fill(p, n);
     return p;
+}
+
+/* ---- hot path: malloc that hits this thread's cache ------------------------- */
+
+EXPORT void *memalloc_malloc(size_t n)
+{
+    struct tcache *t = memalloc_tc;
+    if (likely(t != NULL && n <= TC_MAX_SIZE)) {
+        void *p = tcache_pop(t, size_to_class(n));
+        if (likely(p != NULL))
+            return p;
+    }
+    return malloc_slow(n);
 }
 
 EXPORT void *memalloc_calloc(size_t nmemb, size_t size)
@@ -95,7 +123,7 @@ EXPORT void *memalloc_calloc(size_t nmemb, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    void *p = alloc_any(n, &dirty);
+    void *p = alloc_slow(n, &dirty);
     if (p && dirty)
         memset(p, 0, dirty < n ? dirty : n);
     return p;
@@ -103,12 +131,12 @@ EXPORT void *memalloc_calloc(size_t nmemb, size_t size)
 
 /* ---- free ------------------------------------------------------------------ */
 
-static void free_checked(void *p, const char *func)
+static NOINLINE void free_checked(void *p, const char *func)
 {
     void *meta;
     switch (ptr_lookup(p, &meta)) {
     case PTR_SMALL:
-        chunk_free(meta, p, func);
+        tcache_free_slow(memalloc_tc, meta, p, func);
         return;
     case PTR_LARGE: {
         struct large_block *b = meta;
@@ -124,13 +152,28 @@ static void free_checked(void *p, const char *func)
     fatal_pointer(func, "invalid pointer", p);
 }
 
-EXPORT void memalloc_free(void *p)
+static NOINLINE void free_slow(void *p, const char *func)
 {
     if (!p)
         return;
     int saved = errno;
-    free_checked(p, "free");
+    free_checked(p, func);
     errno = saved;
+}
+
+static inline __attribute__((always_inline)) void free_any(void *p, const char *func)
+{
+    struct tcache *t = memalloc_tc;
+    if (likely(t != NULL && tcache_push(t, p)))
+        return;
+    free_slow(p, func);
+}
+
+/* Hot path: a free that fits in this thread's cache touches no lock and
+ * leaves errno alone. */
+EXPORT void memalloc_free(void *p)
+{
+    free_any(p, "free");
 }
 
 /* ---- realloc ---------------------------------------------------------------- */
@@ -170,7 +213,7 @@ EXPORT void *memalloc_realloc(void *p, size_t n)
     if (!q)
         return NULL;                /* errno is ENOMEM; p is untouched */
     memcpy(q, p, old < n ? old : n);
-    free_checked(p, "realloc");
+    free_any(p, "realloc");
     return q;
 }
 
@@ -189,7 +232,7 @@ EXPORT void *memalloc_reallocarray(void *p, size_t nmemb, size_t size)
 static void *memalign_common(size_t align, size_t n)
 {
     size_t dirty;
-    void *p = align <= ALIGNMENT ? alloc_any(n, &dirty) : alloc_aligned(align, n, &dirty);
+    void *p = align <= ALIGNMENT ? alloc_slow(n, &dirty) : alloc_aligned(align, n, &dirty);
     if (p)
         junk_fill(p, n);
     return p;

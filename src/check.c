@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 #include "memalloc.h"
+#include "tcache.h"
 
 __attribute__((visibility("default"))) int memalloc_check(void)
 {
@@ -16,6 +17,7 @@ __attribute__((visibility("default"))) int memalloc_check(void)
     chunk_check_begin();
     int bad = heap_check();
     bad += chunk_check_end();
+    bad += tcache_check_own();
     heap_unlock();
     for (unsigned c = NUM_CLASSES; c-- > 0;)
         pthread_mutex_unlock(&memalloc_classes[c].lock);

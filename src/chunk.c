@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "tcache.h"
 
 static inline size_t block_index(const struct chunk *c, uintptr_t off)
 {
@@ -89,6 +90,44 @@ static void chunk_retire(struct size_class *sc, struct chunk *c)
     heap_free_span(&c->s);
 }
 
+/* ---- taking and putting back blocks (class lock held) -------------------- */
+
+static inline void *take_block(struct chunk *c)
+{
+    void *p = c->free_list;
+    size_t idx;
+    if (p) {
+        c->free_list = *(void **)p;
+        idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
+    } else {
+        idx = c->carved;
+        p = (char *)c + c->data_off + idx * c->size;
+        __atomic_store_n(&c->carved, c->carved + 1, __ATOMIC_RELAXED);
+    }
+    c->used_map[idx / 64] |= (uint64_t)1 << (idx % 64);
+    c->in_use++;
+    return p;
+}
+
+/* p's bit is already clear.  Free blocks carry the key in their second word
+ * so that freeing one again is noticed on the lock-free path too. */
+static inline void put_back(struct size_class *sc, struct chunk *c, void *p)
+{
+    void **q = p;
+    q[0] = c->free_list;
+    q[1] = (void *)memalloc_tc_key;
+    c->free_list = p;
+    if (c->in_use-- == c->capacity)
+        partial_push(sc, c);
+    if (unlikely(c->in_use == 0)) {
+        partial_remove(sc, c);
+        if (!sc->spare)
+            sc->spare = c;
+        else
+            chunk_retire(sc, c);
+    }
+}
+
 /* ---- malloc of a small block -------------------------------------------- */
 
 void *chunk_alloc(unsigned cls, bool *zeroed)
@@ -103,19 +142,11 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
             return NULL;
         }
     }
-    void *p = c->free_list;
-    size_t idx;
-    if (p) {
-        c->free_list = *(void **)p;
-        idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
-        *zeroed = false;
-    } else {
-        idx = c->carved++;
-        p = (char *)c + c->data_off + idx * c->size;
-        *zeroed = c->fresh;
-    }
-    c->used_map[idx / 64] |= (uint64_t)1 << (idx % 64);
-    if (++c->in_use == c->capacity)
+    *zeroed = !c->free_list && c->fresh;
+    void **p = take_block(c);
+    if (!*zeroed)
+        p[1] = NULL;                /* drop the free key */
+    if (c->in_use == c->capacity)
         partial_remove(sc, c);
     if (++sc->in_use > sc->peak)
         sc->peak = sc->in_use;
@@ -178,19 +209,70 @@ void chunk_free(struct chunk *c, void *p, const char *func)
     long perturb = option(OPT_PERTURB);
     if (unlikely(perturb))
         memset(p, (int)(perturb & 0xff), c->size);
-    *(void **)p = c->free_list;
-    c->free_list = p;
     sc->in_use--;
-    if (c->in_use-- == c->capacity)
-        partial_push(sc, c);
-    if (unlikely(c->in_use == 0)) {
-        partial_remove(sc, c);
-        if (!sc->spare)
-            sc->spare = c;
-        else
-            chunk_retire(sc, c);
-    }
+    put_back(sc, c, p);
     pthread_mutex_unlock(&sc->lock);
+}
+
+/* ---- batches for the thread caches ---------------------------------------- */
+
+/* Up to n blocks of class cls, linked through their first words in the order
+ * taken (address order for freshly carved ones).  Returns how many. */
+unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    void *head = NULL, **tail = &head;
+    unsigned got = 0;
+    pthread_mutex_lock(&sc->lock);
+    while (got < n) {
+        struct chunk *c = sc->partial;
+        if (!c && !(c = chunk_new(sc, cls)))
+            break;
+        while (got < n && c->in_use < c->capacity) {
+            void *p = take_block(c);
+            *tail = p;
+            tail = (void **)p;
+            got++;
+        }
+        if (c->in_use == c->capacity)
+            partial_remove(sc, c);
+    }
+    *tail = NULL;
+    sc->in_use += got;
+    if (sc->in_use > sc->peak)
+        sc->peak = sc->in_use;
+    pthread_mutex_unlock(&sc->lock);
+    *list = head;
+    return got;
+}
+
+/* Give back n blocks of class cls (a list through their first words), each
+ * already validated when it entered a cache; the bitmap still catches a
+ * block that reached the pool twice. */
+void chunk_free_batch(unsigned cls, void *list, unsigned n)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    pthread_mutex_lock(&sc->lock);
+    for (void *p = list, *next; p; p = next) {
+        next = *(void **)p;
+        void *meta;
+        if (ptr_lookup(p, &meta) != PTR_SMALL) {
+            pthread_mutex_unlock(&sc->lock);
+            fatal_pointer("free", "invalid pointer", p);
+        }
+        struct chunk *c = meta;
+        size_t idx = checked_index(sc, c, p, "free");
+        c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
+        put_back(sc, c, p);
+    }
+    sc->in_use -= n;
+    pthread_mutex_unlock(&sc->lock);
+}
+
+bool chunk_block_in_use(const struct chunk *c, const void *p)
+{
+    size_t idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
+    return (c->used_map[idx / 64] >> (idx % 64)) & 1;
 }
 
 /* Give every class's spare chunk back to the heap (malloc_trim). */

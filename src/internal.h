@@ -22,7 +22,8 @@
  *            free() validate any pointer before reading heap memory.
  *
  * Lock order (never taken in any other order):
- *   size-class locks, in class-index order  ->  heap-top lock
+ *   thread-cache list lock -> size-class locks, in class-index order
+ *   -> heap-top lock
  * A thread holds at most one class lock except in memalloc_check() and the
  * fork handlers, which take all of them in index order.  Nothing that may
  * call malloc is called while any of these locks is held.
@@ -175,6 +176,9 @@ HIDDEN void *chunk_alloc(unsigned cls, bool *zeroed);
 HIDDEN void chunk_free(struct chunk *c, void *p, const char *func);
 HIDDEN size_t chunk_release_spares(void);
 HIDDEN size_t chunk_block_size(struct chunk *c, const void *p, const char *func);
+HIDDEN unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n);
+HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n);
+HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
 HIDDEN void chunk_check_begin(void);
 HIDDEN int chunk_check_end(void);
 
@@ -241,6 +245,7 @@ enum option_id {
     OPT_STATS,                      /* print statistics at exit */
     OPT_VERBOSE,                    /* warn about bad option values etc. */
     OPT_PERTURB,                    /* glibc's MALLOC_PERTURB_ junk byte */
+    OPT_TCACHE,                     /* per-thread caches on (1) or off (0) */
     OPT_COUNT
 };
 

@@ -16,6 +16,7 @@
 
 #include "internal.h"
 #include "memalloc.h"
+#include "tcache.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -32,10 +33,13 @@ static const struct option_desc option_table[OPT_COUNT] = {
     [OPT_STATS]          = {"MEMALLOC_STATS", 0, 0, 1},
     [OPT_VERBOSE]        = {"MEMALLOC_VERBOSE", 0, 0, 1},
     [OPT_PERTURB]        = {"MALLOC_PERTURB_", 0, 0, 255},
+    [OPT_TCACHE]         = {"MEMALLOC_TCACHE", 1, 0, 1},
 };
 
+/* The defaults hold from the first call, before the environment is read. */
 long memalloc_options[OPT_COUNT] HIDDEN = {
     [OPT_TRIM_THRESHOLD] = 128 << 10,
+    [OPT_TCACHE] = 1,
 };
 
 extern char **__environ;
@@ -118,6 +122,8 @@ EXPORT int memalloc_mallopt(int param, int value)
 EXPORT int memalloc_malloc_trim(size_t pad)
 {
     ensure_init();
+    if (memalloc_tc)
+        tcache_flush_all(memalloc_tc);
     int released = chunk_release_spares() > 0;
     released |= heap_trim(pad);
     return released;
@@ -131,9 +137,13 @@ EXPORT void memalloc_get_stats(struct memalloc_stats *out)
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         struct size_class *sc = &memalloc_classes[c];
         pthread_mutex_lock(&sc->lock);
-        small += sc->in_use * sc->size;
+        size_t in_use = sc->in_use;
         chunks += sc->chunks;
         pthread_mutex_unlock(&sc->lock);
+        /* Blocks in thread caches count as in use for the pool, not for the
+         * program. */
+        size_t cached = tcache_cached_blocks(c);
+        small += (in_use > cached ? in_use - cached : 0) * sc->size;
     }
     heap_get_stats(&h);
     out->heap_bytes = h.heap_bytes;

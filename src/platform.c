@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "tcache.h"
 
 void *raw_sbrk(intptr_t delta) { return sbrk(delta); }
 void *raw_break(void) { return sbrk(0); }
@@ -114,6 +115,7 @@ static void fork_prepare(void)
         return;
     if (_IO_list_lock)
         _IO_list_lock();
+    tcache_list_lock();
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         pthread_mutex_lock(&memalloc_classes[c].lock);
     heap_lock();
@@ -126,6 +128,7 @@ static void fork_parent(void)
     heap_unlock();
     for (unsigned c = NUM_CLASSES; c-- > 0;)
         pthread_mutex_unlock(&memalloc_classes[c].lock);
+    tcache_list_unlock();
     if (_IO_list_unlock)
         _IO_list_unlock();
 }
@@ -139,6 +142,7 @@ static void fork_child(void)
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         pthread_mutex_init(&memalloc_classes[c].lock, NULL);
     heap_lock_reinit();
+    tcache_fork_child();
 }
 
 /* ---- initialisation ----------------------------------------------------- */
@@ -153,6 +157,7 @@ void lazy_init(void)
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         classes_init();
         options_load();
+        tcache_init();
         __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
         __atomic_store_n(&memalloc_initialized, 1, __ATOMIC_RELEASE);
         /* After the flag: pthread_atfork may call malloc, which must then

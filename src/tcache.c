@@ -1,0 +1,239 @@
+/*
+ * tcache.c - the slow paths of the per-thread caches: creating a cache,
+ * refilling a bin from its class in one batch, flushing half a bin back in
+ * one batch, deciding suspected double frees, and handing everything back
+ * when the thread exits.
+ *
+ * Invariants: the class lock is taken once per batch, never per block; a
+ * cache is created outside every allocator lock (pthread_setspecific may
+ * call malloc) and a thread that is creating or tearing down its cache
+ * allocates straight from the classes; the list lock comes before every
+ * class lock.
+ */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/auxv.h>
+
+#include "tcache.h"
+
+__thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN;
+uintptr_t memalloc_tc_key HIDDEN;
+
+enum { TC_NONE, TC_CREATING, TC_LIVE, TC_DEAD };
+static __thread int tc_state __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t exit_key;
+static pthread_mutex_t list_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct tcache *all_caches;
+
+void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
+void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
+
+/* A bin holds up to 32 KiB of its class (between 4 and 128 blocks), so a
+ * thread caches a bounded amount per class however it is used. */
+static uint32_t bin_max(unsigned cls)
+{
+    if (cls >= TC_CLASSES)
+        return 0;
+    size_t n = ((size_t)32 << 10) / memalloc_classes[cls].size;
+    return (uint32_t)(n < 4 ? 4 : n > 128 ? 128 : n);
+}
+
+/* ---- batches ---------------------------------------------------------------- */
+
+void *tcache_refill(struct tcache *t, unsigned cls)
+{
+    struct tbin *b = &t->bins[cls];
+    void *list;
+    unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
+    if (!got)
+        return NULL;
+    for (void **p = list; p; p = p[0])
+        p[1] = (void *)memalloc_tc_key;
+    b->head = list;
+    b->count = got;
+    return tcache_pop(t, cls);
+}
+
+/* Return the first n blocks of bin cls to their chunks. */
+static void flush(struct tcache *t, unsigned cls, uint32_t n)
+{
+    struct tbin *b = &t->bins[cls];
+    if (n > b->count)
+        n = b->count;
+    if (n == 0)
+        return;
+    void **last = b->head;
+    for (uint32_t i = 1; i < n; i++)
+        last = last[0];
+    void *list = b->head;
+    b->head = last[0];
+    last[0] = NULL;
+    b->count -= n;
+    chunk_free_batch(cls, list, n);
+}
+
+void tcache_flush_all(struct tcache *t)
+{
+    for (unsigned c = 0; c < TC_CLASSES; c++)
+        flush(t, c, t->bins[c].count);
+}
+
+/* ---- double-free decision ------------------------------------------------------ */
+
+static bool bin_contains(const struct tbin *b, const void *p)
+{
+    for (void *const *q = b->head; q; q = q[0])
+        if (q == p)
+            return true;
+    return false;
+}
+
+/* Is p sitting in any thread's cache?  Only asked when p carries the free
+ * key, so a false alarm costs one scan and is then ignored. */
+bool tcache_holds(const void *p)
+{
+    bool found = false;
+    tcache_list_lock();
+    for (struct tcache *t = all_caches; t && !found; t = t->next)
+        for (unsigned c = 0; c < TC_CLASSES && !found; c++)
+            found = bin_contains(&t->bins[c], p);
+    tcache_list_unlock();
+    return found;
+}
+
+/* The fast push declined p: it is in a full bin's class, or it carries the
+ * key.  t may be NULL (no cache in this thread). */
+void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
+{
+    if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
+        fatal_pointer(func, "double free", p);
+    if (!t || c->cls >= TC_CLASSES) {   /* max 0: never cached */
+        chunk_free(c, p, func);
+        return;
+    }
+    struct tbin *b = &t->bins[c->cls];
+    if (b->count >= b->max)
+        flush(t, c->cls, b->max / 2 ? b->max / 2 : 1);
+    /* Not via the fast push: it would decline again for a key lookalike. */
+    chunk_block_size(c, p, func);   /* validates, aborting on a bad p */
+    void **q = p;
+    q[0] = b->head;
+    q[1] = (void *)memalloc_tc_key;
+    b->head = q;
+    b->count++;
+}
+
+/* ---- life cycle -------------------------------------------------------------------- */
+
+static void thread_exit(void *arg)
+{
+    struct tcache *t = arg;
+    tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
+    memalloc_tc = NULL;
+    tcache_flush_all(t);
+    tcache_list_lock();
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        all_caches = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    tcache_list_unlock();
+    void *meta;
+    if (ptr_lookup(t, &meta) == PTR_SMALL)
+        chunk_free(meta, t, "free");
+}
+
+void tcache_init(void)
+{
+    uintptr_t key = 0;
+    const uintptr_t *rnd = (const uintptr_t *)getauxval(AT_RANDOM);
+    if (rnd)
+        key = rnd[0] ^ rnd[1];
+    /* Never a plausible pointer or zero, whatever AT_RANDOM held. */
+    memalloc_tc_key = (key ^ (uintptr_t)&exit_key) | 1;
+    pthread_key_create(&exit_key, thread_exit);
+}
+
+struct tcache *tcache_create(void)
+{
+    if (tc_state != TC_NONE || option(OPT_PERTURB) || !option(OPT_TCACHE))
+        return NULL;
+    tc_state = TC_CREATING;
+    bool zeroed;
+    struct tcache *t = chunk_alloc(size_to_class(sizeof *t), &zeroed);
+    if (!t) {
+        tc_state = TC_NONE;
+        return NULL;
+    }
+    memset(t, 0, sizeof *t);
+    for (unsigned c = 0; c < TC_BINS; c++)
+        t->bins[c].max = bin_max(c);
+    tcache_list_lock();
+    t->next = all_caches;
+    if (t->next)
+        t->next->prev = t;
+    all_caches = t;
+    tcache_list_unlock();
+    /* May allocate (keys past the first 32); we are TC_CREATING, so that
+     * allocation goes straight to the classes. */
+    pthread_setspecific(exit_key, t);
+    memalloc_tc = t;
+    tc_state = TC_LIVE;
+    return t;
+}
+
+/* In the child of fork only this thread exists: the other caches can never
+ * be used again.  Their blocks stay counted as in use (a leak, never a
+ * crash); forgetting the caches keeps statistics and checks meaningful. */
+void tcache_fork_child(void)
+{
+    pthread_mutex_init(&list_mutex, NULL);
+    all_caches = memalloc_tc;
+    if (all_caches)
+        all_caches->next = all_caches->prev = NULL;
+}
+
+/* ---- statistics and checking --------------------------------------------------- */
+
+size_t tcache_cached_blocks(unsigned cls)
+{
+    size_t n = 0;
+    if (cls >= TC_CLASSES)
+        return 0;
+    tcache_list_lock();
+    for (struct tcache *t = all_caches; t; t = t->next)
+        n += __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED);
+    tcache_list_unlock();
+    return n;
+}
+
+/* The calling thread's cache: counts match the lists, every block is a
+ * valid in-use block of the bin's class.  Other threads' caches are moving
+ * under us and are not walked. */
+int tcache_check_own(void)
+{
+    struct tcache *t = memalloc_tc;
+    int bad = 0;
+    if (!t)
+        return 0;
+    for (unsigned c = 0; c < TC_CLASSES; c++) {
+        uint32_t n = 0;
+        for (void **p = t->bins[c].head; p; p = p[0]) {
+            void *meta;
+            if (++n > t->bins[c].max || ptr_lookup(p, &meta) != PTR_SMALL ||
+                ((struct chunk *)meta)->cls != c || p[1] != (void *)memalloc_tc_key ||
+                !chunk_block_in_use(meta, p)) {
+                message("memalloc_check: thread cache holds a bad block\n");
+                bad++;
+                break;
+            }
+        }
+        if (n != t->bins[c].count) {
+            message("memalloc_check: thread cache count is wrong\n");
+            bad++;
+        }
+    }
+    return bad;
+}

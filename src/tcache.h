@@ -1,0 +1,107 @@
+/*
+ * tcache.h - per-thread caches: the structure and the two hot-path
+ * operations, inline so that a malloc or free that hits the cache is a
+ * handful of instructions with no lock, no atomic read-modify-write and no
+ * call.  Everything that is not a hit lives in tcache.c.
+ *
+ * Invariants:
+ *   - a cached block is a small block whose chunk bit says "in use" (the
+ *     pool sees it as handed out); bins[c] holds blocks of class c only;
+ *   - a free block, cached or in a chunk's free list, carries memalloc_tc_key
+ *     in its second word; a block handed out has that word cleared.  A free
+ *     of a block that still carries the key is a suspected double free and
+ *     goes to the slow path, which decides for sure;
+ *   - count <= max; the thread-local pointer is the only reference to a
+ *     cache apart from the global list used for statistics and fork.
+ */
+#ifndef MEMALLOC_TCACHE_H
+#define MEMALLOC_TCACHE_H
+
+#include "internal.h"
+
+/* Classes up to 32 KiB are cached; bigger blocks are rare enough that the
+ * class lock is cheap next to touching the memory. */
+#define TC_MAX_SIZE ((size_t)32 << 10)
+#define TC_CLASSES 72               /* size_to_class(TC_MAX_SIZE) + 1 */
+/* Bins exist for every class so that the free path needs no class bound
+ * check: an uncached class has max == 0 and always takes the slow path. */
+#define TC_BINS NUM_CLASSES
+
+struct tbin {
+    void *head;
+    uint32_t count;
+    uint32_t max;
+};
+
+struct tcache {
+    struct tbin bins[TC_BINS];
+    struct tcache *next, *prev;     /* all live caches, under the list lock */
+};
+
+extern __thread struct tcache *memalloc_tc
+    __attribute__((tls_model("initial-exec"))) HIDDEN;
+extern uintptr_t memalloc_tc_key HIDDEN;
+
+/* ---- hot path ------------------------------------------------------------ */
+
+static inline void *tcache_pop(struct tcache *t, unsigned cls)
+{
+    struct tbin *b = &t->bins[cls];
+    void **p = b->head;
+    if (likely(p != NULL)) {
+        b->head = p[0];
+        b->count--;
+        p[1] = NULL;                /* no longer carries the free key */
+    }
+    return p;
+}
+
+/* Push p if it is a valid small block of a cached class, does not look
+ * freed already, and its bin has room; otherwise leave it to the slow path,
+ * which validates and reports. */
+static inline bool tcache_push(struct tcache *t, void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    /* One compare covers both ends of the heap range. */
+    if (unlikely(a - memalloc_heap_base >=
+                 __atomic_load_n(&memalloc_heap_limit, __ATOMIC_RELAXED) - memalloc_heap_base))
+        return false;
+    size_t u = unit_index(a);
+    uint8_t m = memalloc_unit_map[u];
+    if (unlikely(!(m & MAP_SMALL)))
+        return false;
+    const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
+    /* off is below 2^20 for any p inside the chunk's units, or wraps to a
+     * value no multiple of the size can equal; the multiple check also
+     * rejects misaligned pointers (sizes and data_off are multiples of 16). */
+    uintptr_t off = a - (uintptr_t)c - c->data_off;
+    size_t idx = (size_t)((off * c->div_mul) >> 40);
+    if (unlikely(idx * c->size != off ||
+                 idx >= __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
+        return false;
+    void **q = p;
+    struct tbin *b = &t->bins[c->cls];
+    if (unlikely((uintptr_t)q[1] == memalloc_tc_key || b->count >= b->max))
+        return false;
+    q[0] = b->head;
+    q[1] = (void *)memalloc_tc_key;
+    b->head = q;
+    b->count++;
+    return true;
+}
+
+/* ---- slow path (tcache.c) ------------------------------------------------- */
+
+HIDDEN void tcache_init(void);
+HIDDEN struct tcache *tcache_create(void);
+HIDDEN void *tcache_refill(struct tcache *t, unsigned cls);
+HIDDEN void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func);
+HIDDEN void tcache_flush_all(struct tcache *t);
+HIDDEN bool tcache_holds(const void *p);
+HIDDEN size_t tcache_cached_blocks(unsigned cls);
+HIDDEN void tcache_list_lock(void);
+HIDDEN void tcache_list_unlock(void);
+HIDDEN void tcache_fork_child(void);
+HIDDEN int tcache_check_own(void);
+
+#endif /* MEMALLOC_TCACHE_H */
