@@ -74,7 +74,7 @@ static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
     ensure_init();
     if (likely(n <= SMALL_MAX)) {
         unsigned cls = size_to_class(n);
-        struct tcache *t = memalloc_tc;
+        struct tcache *t = tcache_current();
         if (n <= TC_MAX_SIZE && (t || (t = tcache_create()))) {
             void *p = tcache_pop(t, cls);
             if (!p)
@@ -136,7 +136,7 @@ static NOINLINE void free_checked(void *p, const char *func)
     void *meta;
     switch (ptr_lookup(p, &meta)) {
     case PTR_SMALL:
-        tcache_free_slow(memalloc_tc, meta, p, func);
+        tcache_free_slow(tcache_current(), meta, p, func);
         return;
     case PTR_LARGE: {
         struct large_block *b = meta;
@@ -164,8 +164,11 @@ static NOINLINE void free_slow(void *p, const char *func)
 static inline __attribute__((always_inline)) void free_any(void *p, const char *func)
 {
     struct tcache *t = memalloc_tc;
-    if (likely(t != NULL && tcache_push(t, p)))
+    struct tbin *b;
+    if (likely(t != NULL && (b = tcache_bin_for(t, p)) != NULL)) {
+        tbin_push(b, p);
         return;
+    }
     free_slow(p, func);
 }
 

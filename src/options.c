@@ -122,8 +122,8 @@ EXPORT int memalloc_mallopt(int param, int value)
 EXPORT int memalloc_malloc_trim(size_t pad)
 {
     ensure_init();
-    if (memalloc_tc)
-        tcache_flush_all(memalloc_tc);
+    if (tcache_current())
+        tcache_flush_all(tcache_current());
     int released = chunk_release_spares() > 0;
     released |= heap_trim(pad);
     return released;

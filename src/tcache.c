@@ -21,6 +21,9 @@ uintptr_t memalloc_tc_key HIDDEN;
 
 enum { TC_NONE, TC_CREATING, TC_LIVE, TC_DEAD };
 static __thread int tc_state __attribute__((tls_model("initial-exec")));
+static __thread struct tcache *tc_own __attribute__((tls_model("initial-exec")));
+
+struct tcache *tcache_current(void) { return tc_own; }
 
 static pthread_key_t exit_key;
 static pthread_mutex_t list_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -102,26 +105,26 @@ bool tcache_holds(const void *p)
     return found;
 }
 
-/* The fast push declined p: it is in a full bin's class, or it carries the
- * key.  t may be NULL (no cache in this thread). */
+/* Every small free that the hot path did not finish: t may be NULL (no
+ * cache in this thread), p may be anything inside a chunk. */
 void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
 {
     if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
         fatal_pointer(func, "double free", p);
-    if (!t || c->cls >= TC_CLASSES) {   /* max 0: never cached */
+    struct tbin *b = t ? tcache_bin_for(t, p) : NULL;
+    if (!b && t && c->cls < TC_CLASSES && t->bins[c->cls].count >= t->bins[c->cls].max) {
+        struct tbin *full = &t->bins[c->cls];
+        flush(t, c->cls, full->max / 2 ? full->max / 2 : 1);
+        b = tcache_bin_for(t, p);
+    }
+    if (!b) {                       /* uncached class, or a key lookalike */
         chunk_free(c, p, func);
         return;
     }
-    struct tbin *b = &t->bins[c->cls];
-    if (b->count >= b->max)
-        flush(t, c->cls, b->max / 2 ? b->max / 2 : 1);
-    /* Not via the fast push: it would decline again for a key lookalike. */
-    chunk_block_size(c, p, func);   /* validates, aborting on a bad p */
-    void **q = p;
-    q[0] = b->head;
-    q[1] = (void *)memalloc_tc_key;
-    b->head = q;
-    b->count++;
+    long perturb = option(OPT_PERTURB);
+    if (perturb)
+        memset(p, (int)(perturb & 0xff), c->size);
+    tbin_push(b, p);
 }
 
 /* ---- life cycle -------------------------------------------------------------------- */
@@ -131,6 +134,7 @@ static void thread_exit(void *arg)
     struct tcache *t = arg;
     tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
     memalloc_tc = NULL;
+    tc_own = NULL;
     tcache_flush_all(t);
     tcache_list_lock();
     if (t->prev)
@@ -158,7 +162,7 @@ void tcache_init(void)
 
 struct tcache *tcache_create(void)
 {
-    if (tc_state != TC_NONE || option(OPT_PERTURB) || !option(OPT_TCACHE))
+    if (tc_state != TC_NONE || !option(OPT_TCACHE))
         return NULL;
     tc_state = TC_CREATING;
     bool zeroed;
@@ -179,7 +183,8 @@ struct tcache *tcache_create(void)
     /* May allocate (keys past the first 32); we are TC_CREATING, so that
      * allocation goes straight to the classes. */
     pthread_setspecific(exit_key, t);
-    memalloc_tc = t;
+    tc_own = t;
+    memalloc_tc = option(OPT_PERTURB) ? NULL : t;
     tc_state = TC_LIVE;
     return t;
 }
@@ -190,7 +195,7 @@ struct tcache *tcache_create(void)
 void tcache_fork_child(void)
 {
     pthread_mutex_init(&list_mutex, NULL);
-    all_caches = memalloc_tc;
+    all_caches = tc_own;
     if (all_caches)
         all_caches->next = all_caches->prev = NULL;
 }
@@ -214,7 +219,7 @@ size_t tcache_cached_blocks(unsigned cls)
  * under us and are not walked. */
 int tcache_check_own(void)
 {
-    struct tcache *t = memalloc_tc;
+    struct tcache *t = tc_own;
     int bad = 0;
     if (!t)
         return 0;

@@ -38,6 +38,9 @@ struct tcache {
     struct tcache *next, *prev;     /* all live caches, under the list lock */
 };
 
+/* This thread's cache as the hot path sees it: NULL while the thread has
+ * none, and also while MALLOC_PERTURB_ asks for junk fills, so that the
+ * fills happen on the slow path and the hot path needs no test for them. */
 extern __thread struct tcache *memalloc_tc
     __attribute__((tls_model("initial-exec"))) HIDDEN;
 extern uintptr_t memalloc_tc_key HIDDEN;
@@ -56,20 +59,20 @@ static inline void *tcache_pop(struct tcache *t, unsigned cls)
     return p;
 }
 
-/* Push p if it is a valid small block of a cached class, does not look
- * freed already, and its bin has room; otherwise leave it to the slow path,
- * which validates and reports. */
-static inline bool tcache_push(struct tcache *t, void *p)
+/* The bin p may go into: p is a valid small block of a cached class, does
+ * not look freed already, and the bin has room.  NULL leaves p to the slow
+ * path, which validates and reports.  Writes nothing. */
+static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 {
     uintptr_t a = (uintptr_t)p;
     /* One compare covers both ends of the heap range. */
     if (unlikely(a - memalloc_heap_base >=
                  __atomic_load_n(&memalloc_heap_limit, __ATOMIC_RELAXED) - memalloc_heap_base))
-        return false;
+        return NULL;
     size_t u = unit_index(a);
     uint8_t m = memalloc_unit_map[u];
     if (unlikely(!(m & MAP_SMALL)))
-        return false;
+        return NULL;
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
     /* off is below 2^20 for any p inside the chunk's units, or wraps to a
      * value no multiple of the size can equal; the multiple check also
@@ -78,22 +81,27 @@ static inline bool tcache_push(struct tcache *t, void *p)
     size_t idx = (size_t)((off * c->div_mul) >> 40);
     if (unlikely(idx * c->size != off ||
                  idx >= __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
-        return false;
-    void **q = p;
+        return NULL;
     struct tbin *b = &t->bins[c->cls];
-    if (unlikely((uintptr_t)q[1] == memalloc_tc_key || b->count >= b->max))
-        return false;
+    if (unlikely(((void *const *)p)[1] == (void *)memalloc_tc_key || b->count >= b->max))
+        return NULL;
+    return b;
+}
+
+static inline void tbin_push(struct tbin *b, void *p)
+{
+    void **q = p;
     q[0] = b->head;
     q[1] = (void *)memalloc_tc_key;
     b->head = q;
     b->count++;
-    return true;
 }
 
 /* ---- slow path (tcache.c) ------------------------------------------------- */
 
 HIDDEN void tcache_init(void);
 HIDDEN struct tcache *tcache_create(void);
+HIDDEN struct tcache *tcache_current(void);     /* even when perturbing */
 HIDDEN void *tcache_refill(struct tcache *t, unsigned cls);
 HIDDEN void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func);
 HIDDEN void tcache_flush_all(struct tcache *t);
