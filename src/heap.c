@@ -523,8 +523,8 @@ int heap_check(void)
 {
     int bad = 0;
     size_t free_spans = 0, free_bytes = 0, large = 0, large_bytes = 0;
-    if (!memalloc_heap_base)
-        return 0;
+    if (!memalloc_heap_base || H.end < memalloc_heap_base)
+        return 0;                   /* no segment yet */
     size_t end_u = unit_index(H.end);
     const struct span *prev = NULL;
     for (size_t u = 0; u < end_u;) {

@@ -34,14 +34,12 @@ void classes_init(void)
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         struct size_class *sc = &memalloc_classes[c];
         size_t size = class_size_formula(c);
-        size_t units = (size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
-        if (units == 0)
-            units = 1;
         /* Blocks of power-of-two classes get their natural alignment (up to a
          * page) by starting the data area at a multiple of it; that is what
          * lets small aligned requests stay in the classes. */
         size_t natural = lowest_bit(size) < PAGE ? lowest_bit(size) : PAGE;
         size_t data_off = round_up(CHUNK_HDR_SIZE, natural < 64 ? 64 : natural);
+        size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
         size_t capacity = (units * UNIT - data_off) / size;
         if (capacity > CHUNK_MAX_BLOCKS)
             capacity = CHUNK_MAX_BLOCKS;
@@ -54,7 +52,7 @@ void classes_init(void)
         sc->capacity = (uint32_t)capacity;
         /* m = ceil(2^40 / size) gives floor(off * m / 2^40) == off / size
          * for every off < 2^40 / size: the error term off * (m - 2^40/size)
-         * / 2^40 stays below 1/size.  Chunks are at most 2^20 bytes and
+         * / 2^40 stays below 1/size.  Chunks are below 2^21 bytes and
          * size at most 2^17, so every offset qualifies. */
         sc->div_mul = (((uint64_t)1 << 40) + size - 1) / size;
     }

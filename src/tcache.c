@@ -151,10 +151,12 @@ static void thread_exit(void *arg)
 
 void tcache_init(void)
 {
-    uintptr_t key = 0;
-    const uintptr_t *rnd = (const uintptr_t *)getauxval(AT_RANDOM);
-    if (rnd)
-        key = rnd[0] ^ rnd[1];
+    uintptr_t key = 0, half[2];
+    const void *rnd = (const void *)getauxval(AT_RANDOM);
+    if (rnd) {
+        memcpy(half, rnd, sizeof half);     /* AT_RANDOM is not aligned */
+        key = half[0] ^ half[1];
+    }
     /* Never a plausible pointer or zero, whatever AT_RANDOM held. */
     memalloc_tc_key = (key ^ (uintptr_t)&exit_key) | 1;
     pthread_key_create(&exit_key, thread_exit);

@@ -74,7 +74,7 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
     if (unlikely(!(m & MAP_SMALL)))
         return NULL;
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
-    /* off is below 2^20 for any p inside the chunk's units, or wraps to a
+    /* off is below 2^21 for any p inside the chunk's units, or wraps to a
      * value no multiple of the size can equal; the multiple check also
      * rejects misaligned pointers (sizes and data_off are multiples of 16). */
     uintptr_t off = a - (uintptr_t)c - c->data_off;
