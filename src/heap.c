@@ -359,7 +359,9 @@ void *large_alloc(size_t size, size_t align, size_t *dirty_user)
         errno = ENOMEM;
         return NULL;
     }
-    size_t units = (off + size + UNIT - 1) >> UNIT_SHIFT;
+    /* At least one byte past the user pointer, or a unit-aligned pointer
+     * would sit on the next span's first unit. */
+    size_t units = (off + (size ? size : 1) + UNIT - 1) >> UNIT_SHIFT;
     size_t dirty;
 
     heap_lock();
@@ -424,7 +426,7 @@ bool large_resize_in_place(struct large_block *b, size_t size)
 {
     if (size > (size_t)PTRDIFF_MAX - b->user_off - UNIT)
         return false;
-    size_t units = (b->user_off + size + UNIT - 1) >> UNIT_SHIFT;
+    size_t units = (b->user_off + (size ? size : 1) + UNIT - 1) >> UNIT_SHIFT;
     bool ok = true;
 
     heap_lock();

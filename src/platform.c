@@ -17,7 +17,25 @@
 #include "internal.h"
 #include "tcache.h"
 
-void *raw_sbrk(intptr_t delta) { return sbrk(delta); }
+/* The one seam for Valgrind: memcheck treats memory added to the break as
+ * undefined, but the kernel hands it out zeroed and memalloc relies on that
+ * (fresh chunk bitmaps, calloc skipping fresh pages). */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#endif
+#endif
+#ifndef VALGRIND_MAKE_MEM_DEFINED
+#define VALGRIND_MAKE_MEM_DEFINED(addr, len) ((void)(addr), (void)(len))
+#endif
+
+void *raw_sbrk(intptr_t delta)
+{
+    void *old = sbrk(delta);
+    if (delta > 0 && old != (void *)-1)
+        VALGRIND_MAKE_MEM_DEFINED(old, (size_t)delta);
+    return old;
+}
 void *raw_break(void) { return sbrk(0); }
 
 /* ---- messages ----------------------------------------------------------- */
