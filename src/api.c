@@ -185,8 +185,12 @@ EXPORT void memalloc_free(void *p)
 static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_kind *kind)
 {
     *kind = ptr_lookup(p, meta);
-    if (*kind == PTR_SMALL)
+    if (*kind == PTR_SMALL) {
+        /* The chunk counts cached blocks as in use: ask the caches. */
+        if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
+            fatal_pointer(func, "use after free", p);
         return chunk_block_size(*meta, p, func);
+    }
     if (*kind == PTR_LARGE) {
         struct large_block *b = *meta;
         if (b->s.kind == SPAN_LARGE && (char *)b + b->user_off == (char *)p)

@@ -204,14 +204,17 @@ void tcache_fork_child(void)
 
 /* ---- statistics and checking --------------------------------------------------- */
 
+/* Blocks of class cls that the pool counts as in use but the program does
+ * not hold: those in caches, and the caches' own structures. */
 size_t tcache_cached_blocks(unsigned cls)
 {
     size_t n = 0;
-    if (cls >= TC_CLASSES)
+    bool own = cls == size_to_class(sizeof(struct tcache));
+    if (cls >= TC_CLASSES && !own)
         return 0;
     tcache_list_lock();
     for (struct tcache *t = all_caches; t; t = t->next)
-        n += __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED);
+        n += own + (cls < TC_CLASSES ? __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED) : 0);
     tcache_list_unlock();
     return n;
 }

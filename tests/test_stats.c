@@ -1,0 +1,317 @@
+/*
+ * test_stats.c - memalloc_get_stats and mallinfo2 follow what the program
+ * holds (large and small bytes and counts, heap size, peak); malloc_trim(0)
+ * after freeing everything returns 1 and puts the break back where it was;
+ * the heap shrinks on free alone (no malloc_trim) when large blocks on top
+ * go, freed in reverse and in mixed order; and freed neighbours coalesce so
+ * a block of their combined size lands at the lower one's address without
+ * growing the break.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "memalloc.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+            failures++;                                                       \
+        }                                                                     \
+    } while (0)
+
+#define CHECK_HEAP(phase)                                                     \
+    do {                                                                      \
+        int bad_ = memalloc_check();                                          \
+        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
+    } while (0)
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+static struct memalloc_stats stats(void)
+{
+    struct memalloc_stats st;
+    memalloc_get_stats(&st);
+    return st;
+}
+
+static char *brk_now(void) { return sbrk(0); }
+
+/* Coalescing: A, B, C large; free A and B; A+B's size fits their merged
+ * space exactly where A was. */
+static void test_coalesce(void)
+{
+    static const size_t sa[] = {256 * KiB, 300 * KiB, 640 * KiB};
+    static const size_t sb[] = {384 * KiB, 200 * KiB, 700 * KiB};
+    for (int k = 0; k < 3; k++) {
+        memalloc_malloc_trim(0);
+        void *a = memalloc_malloc(sa[k]);
+        void *b = memalloc_malloc(sb[k]);
+        void *c = memalloc_malloc(200 * KiB);
+        CHECK(a && b && c, "malloc A, B, C");
+        if (!a || !b || !c)
+            return;
+        CHECK((char *)b > (char *)a && (char *)c > (char *)b,
+              "A, B, C not placed upwards (%p %p %p): heap not clean?", a, b, c);
+        char *before = brk_now();
+        if (k == 1) {               /* the other order of merging */
+            memalloc_free(b);
+            memalloc_free(a);
+        } else {
+            memalloc_free(a);
+            memalloc_free(b);
+        }
+        CHECK(brk_now() == before, "freeing A and B below C moved the break");
+        void *ab = memalloc_malloc(sa[k] + sb[k]);
+        CHECK(ab == a, "a block of size A+B landed at %p, not at A %p (no coalescing?)", ab, a);
+        CHECK(brk_now() == before, "A+B grew the break by %td although A and B were free",
+              brk_now() - before);
+        memalloc_free(ab);
+        memalloc_free(c);
+        CHECK_HEAP("coalesce");
+    }
+
+    /* Three in a row: free A and C, then B joins both. */
+    memalloc_malloc_trim(0);
+    void *p[4];
+    for (int i = 0; i < 4; i++)
+        p[i] = memalloc_malloc(256 * KiB);
+    CHECK(p[0] && p[1] && p[2] && p[3], "malloc 4 x 256K");
+    if (!(p[0] && p[1] && p[2] && p[3]))
+        return;
+    char *before = brk_now();
+    memalloc_free(p[0]);
+    memalloc_free(p[2]);
+    memalloc_free(p[1]);
+    void *all = memalloc_malloc(3 * 256 * KiB);
+    CHECK(all == p[0], "3 x 256K after freeing three neighbours landed at %p, not %p", all, p[0]);
+    CHECK(brk_now() == before, "the merged allocation grew the break");
+    memalloc_free(all);
+    memalloc_free(p[3]);
+    CHECK_HEAP("coalesce three");
+}
+
+static void test_counts(void)
+{
+    memalloc_malloc_trim(0);
+    struct memalloc_stats s0 = stats();
+    char *brk0 = brk_now();
+
+    static const size_t lsz[] = {300 * KiB, 1 * MiB, 2 * MiB + 12345};
+    void *large[3];
+    size_t lsum = 0;
+    for (int i = 0; i < 3; i++) {
+        large[i] = memalloc_malloc(lsz[i]);
+        CHECK(large[i] != NULL, "malloc(%zu)", lsz[i]);
+        if (large[i])
+            memset(large[i], 0x33, lsz[i]);
+        lsum += lsz[i];
+    }
+    enum { NS = 1000, NM = 50 };
+    static void *small[NS], *mid[NM];
+    size_t ssum = 0;
+    for (int i = 0; i < NS; i++) {
+        small[i] = memalloc_malloc(100);
+        CHECK(small[i] != NULL, "malloc(100)");
+        ssum += 100;
+    }
+    for (int i = 0; i < NM; i++) {
+        mid[i] = memalloc_malloc(3000);
+        CHECK(mid[i] != NULL, "malloc(3000)");
+        ssum += 3000;
+    }
+
+    struct memalloc_stats s1 = stats();
+    CHECK(s1.large_blocks == s0.large_blocks + 3, "large_blocks %zu, expected %zu",
+          s1.large_blocks, s0.large_blocks + 3);
+    size_t ldelta = s1.large_in_use - s0.large_in_use;
+    CHECK(ldelta >= lsum && ldelta <= lsum + 3 * 2 * 64 * KiB,
+          "large_in_use grew by %zu for %zu bytes of large blocks", ldelta, lsum);
+    size_t sdelta = s1.small_in_use - s0.small_in_use;
+    CHECK(sdelta >= ssum, "small_in_use grew by %zu < %zu bytes allocated", sdelta, ssum);
+    CHECK(sdelta <= ssum * 5 / 4 + 64 * KiB, "small_in_use grew by %zu, far more than %zu",
+          sdelta, ssum);
+    CHECK(s1.heap_bytes > 0, "heap_bytes is 0 while blocks are held");
+    CHECK(s1.heap_bytes >= s1.large_in_use + s1.small_in_use,
+          "heap_bytes %zu < large %zu + small %zu", s1.heap_bytes, s1.large_in_use, s1.small_in_use);
+    CHECK(s1.heap_peak >= s1.heap_bytes, "heap_peak %zu < heap_bytes %zu", s1.heap_peak, s1.heap_bytes);
+    CHECK(s1.chunks >= 2, "chunks %zu while two classes are in use", s1.chunks);
+    CHECK(brk_now() - brk0 >= (ptrdiff_t)(s1.heap_bytes - s0.heap_bytes),
+          "the break grew by %td, less than heap_bytes did (%zu)", brk_now() - brk0,
+          s1.heap_bytes - s0.heap_bytes);
+
+    struct memalloc_mallinfo2 mi = memalloc_mallinfo2();
+    CHECK(mi.hblks == s1.large_blocks, "mallinfo2.hblks %zu != large_blocks %zu", mi.hblks,
+          s1.large_blocks);
+    CHECK(mi.arena == s1.heap_bytes, "mallinfo2.arena %zu != heap_bytes %zu", mi.arena, s1.heap_bytes);
+    CHECK(mi.uordblks == s1.small_in_use + s1.large_in_use,
+          "mallinfo2.uordblks %zu != small + large %zu", mi.uordblks,
+          s1.small_in_use + s1.large_in_use);
+    CHECK(mi.usmblks == s1.heap_peak, "mallinfo2.usmblks %zu != heap_peak %zu", mi.usmblks,
+          s1.heap_peak);
+    CHECK_HEAP("counts, held");
+
+    /* Free half the small blocks: small_in_use drops by at least that much
+     * once caches are flushed. */
+    for (int i = 0; i < NS; i += 2)
+        memalloc_free(small[i]);
+    memalloc_malloc_trim(0);
+    struct memalloc_stats s2 = stats();
+    CHECK(s1.small_in_use - s2.small_in_use >= NS / 2 * 100,
+          "freeing %d x 100 bytes lowered small_in_use by %zu only", NS / 2,
+          s1.small_in_use - s2.small_in_use);
+
+    for (int i = 0; i < 3; i++)
+        memalloc_free(large[i]);
+    struct memalloc_stats s3 = stats();
+    CHECK(s3.large_blocks == s0.large_blocks, "large_blocks %zu after free, expected %zu",
+          s3.large_blocks, s0.large_blocks);
+    CHECK(s3.large_in_use == s0.large_in_use, "large_in_use %zu after free, expected %zu",
+          s3.large_in_use, s0.large_in_use);
+
+    for (int i = 1; i < NS; i += 2)
+        memalloc_free(small[i]);
+    for (int i = 0; i < NM; i++)
+        memalloc_free(mid[i]);
+    int t = memalloc_malloc_trim(0);
+    CHECK(t == 1, "malloc_trim(0) after freeing everything returned %d", t);
+    struct memalloc_stats s4 = stats();
+    CHECK(s4.small_in_use == s0.small_in_use, "small_in_use %zu after free + trim, expected %zu",
+          s4.small_in_use, s0.small_in_use);
+    CHECK(s4.heap_bytes <= s0.heap_bytes, "heap_bytes %zu after free + trim, was %zu before",
+          s4.heap_bytes, s0.heap_bytes);
+    CHECK(s4.released_sbrk > s0.released_sbrk, "released_sbrk did not grow");
+    CHECK(s4.heap_peak >= s1.heap_bytes, "heap_peak %zu forgot the peak %zu", s4.heap_peak,
+          s1.heap_bytes);
+    CHECK(brk_now() == brk0, "after free + malloc_trim(0) the break is %+td from where it started",
+          brk_now() - brk0);
+    CHECK_HEAP("counts, freed");
+}
+
+/* The heap shrinks on free alone when at least the trim threshold (128 KiB
+ * by default) is free on top. */
+static void test_shrink_without_trim(void)
+{
+    memalloc_malloc_trim(0);
+    void *low = memalloc_malloc(200 * KiB);   /* the heap is not empty below */
+    char *before = brk_now();
+    void *p[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = memalloc_malloc(1 * MiB);
+        CHECK(p[i] != NULL, "malloc(1 MiB)");
+        if (!p[i])
+            return;
+        memset(p[i], i + 1, 1 * MiB);
+    }
+    char *held = brk_now();
+    CHECK(held >= before + 4 * MiB, "4 x 1 MiB grew the break by %td only", held - before);
+
+    /* reverse order: each free gives its block back */
+    char *last = held;
+    for (int i = 3; i >= 0; i--) {
+        memalloc_free(p[i]);
+        char *now = brk_now();
+        CHECK(now < last, "freeing top block %d did not lower the break", i);
+        CHECK(now <= (char *)p[i], "after freeing top block %d the break %p is above it (%p)", i,
+              (void *)now, p[i]);
+        last = now;
+    }
+    CHECK(brk_now() == before, "after freeing 4 x 1 MiB in reverse the break is %+td from before",
+          brk_now() - before);
+    CHECK_HEAP("shrink, reverse");
+
+    /* mixed order: 0, 2 (no change), 3 (3 and 2 go), 1 (everything goes) */
+    for (int i = 0; i < 4; i++) {
+        p[i] = memalloc_malloc(1 * MiB);
+        CHECK(p[i] != NULL, "malloc(1 MiB)");
+        if (!p[i])
+            return;
+    }
+    held = brk_now();
+    memalloc_free(p[0]);
+    CHECK(brk_now() == held, "freeing the lowest block moved the break");
+    memalloc_free(p[2]);
+    CHECK(brk_now() == held, "freeing a middle block moved the break");
+    memalloc_free(p[3]);
+    CHECK(brk_now() <= (char *)p[2] && brk_now() > (char *)p[1],
+          "freeing the top block with a free neighbour: break %p, expected just below %p",
+          (void *)brk_now(), p[2]);
+    memalloc_free(p[1]);
+    CHECK(brk_now() == before, "after freeing 4 x 1 MiB in mixed order the break is %+td",
+          brk_now() - before);
+    CHECK_HEAP("shrink, mixed");
+
+    /* a large block shrunk by realloc gives its tail back too */
+    void *r = memalloc_malloc(2 * MiB);
+    CHECK(r != NULL, "malloc(2 MiB)");
+    void *r2 = memalloc_realloc(r, 100 * KiB);
+    CHECK(r2 == r, "realloc shrink of the top block moved it");
+    CHECK(brk_now() <= before + 256 * KiB, "shrinking the top block to 100K left the break at %+td",
+          brk_now() - before);
+    memalloc_free(r2);
+    CHECK(brk_now() <= before + 128 * KiB, "break %+td after freeing it", brk_now() - before);
+    memalloc_free(low);
+    memalloc_malloc_trim(0);
+    CHECK_HEAP("shrink, realloc");
+}
+
+/* A thread's first small malloc comes after a large block: whatever
+ * per-thread state memalloc sets up then must not pin the heap above the
+ * large block, so after freeing both and malloc_trim(0) the break is back. */
+static void *pinning_thread(void *arg)
+{
+    (void)arg;
+    memalloc_malloc_trim(0);
+    char *before = brk_now();
+    void *big = memalloc_malloc(1 * MiB);
+    void *small = memalloc_malloc(100);
+    CHECK(big && small, "malloc in a new thread");
+    memalloc_free(small);
+    memalloc_free(big);
+    memalloc_malloc_trim(0);
+    CHECK(brk_now() == before, "a new thread's first small malloc after a 1 MiB block: after "
+          "freeing both and malloc_trim(0) the break is %+td from before", brk_now() - before);
+    CHECK_HEAP("new thread");
+    return NULL;
+}
+
+static void test_thread_first_small_malloc(void)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, pinning_thread, NULL) != 0) {
+        CHECK(0, "pthread_create failed");
+        return;
+    }
+    pthread_join(t, NULL);
+}
+
+int main(void)
+{
+    /* Let memalloc set up this thread's state (a thread cache, say) before
+     * any baseline is taken; test_thread_first_small_malloc covers the case
+     * where that happens late. */
+    void *warm = memalloc_malloc(16);
+    memalloc_free(warm);
+    memalloc_malloc_trim(0);
+
+    test_coalesce();
+    test_counts();
+    test_shrink_without_trim();
+    test_thread_first_small_malloc();
+    CHECK_HEAP("end");
+    if (failures) {
+        fprintf(stderr, "test_stats: %d check(s) failed\n", failures);
+        return 1;
+    }
+    return 0;
+}
