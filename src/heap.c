@@ -35,6 +35,7 @@ static struct {
     uintptr_t end;                  /* end of the top segment */
     struct span *top;               /* highest span of the top segment */
     struct free_span *bins[NUM_BINS];
+    size_t dirty_free;              /* sum of the free spans' dirty bytes */
     struct heap_stats st;
 } H;
 
@@ -83,6 +84,7 @@ static void bin_insert(struct span *s)
         f->next->prev = f;
     H.bins[b] = f;
     H.st.free_bytes += span_bytes(s);
+    H.dirty_free += f->dirty;
 }
 
 static void bin_remove(struct span *s)
@@ -95,6 +97,7 @@ static void bin_remove(struct span *s)
     if (f->next)
         f->next->prev = f->prev;
     H.st.free_bytes -= span_bytes(s);
+    H.dirty_free -= f->dirty;
 }
 
 /* Best fit inside the first bin that can hold `units`; any span of a higher
@@ -242,7 +245,10 @@ static bool shrink_top(size_t keep)
     H.st.heap_bytes -= release;
     H.st.released_sbrk += release + extra;
     if (keep_units) {
+        struct free_span *f = (struct free_span *)s;
         s->units = keep_units;
+        if (f->dirty > span_bytes(s))
+            f->dirty = span_bytes(s);
         bin_insert(s);
     } else {
         map_set(s, MAP_NONE);
@@ -251,16 +257,43 @@ static bool shrink_top(size_t keep)
     return true;
 }
 
-/* Mark s free, merge it with free neighbours, and either file it in a bin
- * or, when it ends up on top and big enough, give it back to the kernel. */
-static void release_locked(struct span *s)
+/* Give the pages of every dirty free span back with madvise, keeping each
+ * span's header page.  They read as zero afterwards. */
+static bool purge_locked(void)
 {
+    bool any = false;
+    int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
+    for (unsigned b = 0; b < NUM_BINS; b++) {
+        for (struct free_span *f = H.bins[b]; f; f = f->next) {
+            size_t len = span_bytes(&f->s) - PAGE;
+            if (f->dirty == 0 || len == 0)
+                continue;
+            if (madvise((char *)f + PAGE, len, advice) == 0) {
+                H.st.released_madvise += len;
+                H.dirty_free -= f->dirty;
+                f->dirty = 0;
+                any = true;
+            }
+        }
+    }
+    return any;
+}
+
+/* Mark s free with `dirty` of its bytes possibly resident, merge it with
+ * free neighbours, and either file it in a bin or, when it ends up on top
+ * and big enough, give it back to the kernel.  Free space in the middle is
+ * purged once the dirty total passes the purge threshold. */
+static void release_locked(struct span *s, size_t dirty)
+{
+    struct free_span *f = (struct free_span *)s;
     s->kind = SPAN_FREE;
+    f->dirty = dirty;
     struct span *n = span_after(s);
     if (n && n->kind == SPAN_FREE) {
         bin_remove(n);
         s->units += n->units;
         s->flags |= n->flags & SPAN_SEG_END;
+        f->dirty += ((struct free_span *)n)->dirty;
         map_set(n, MAP_NONE);
         if (H.top == n)
             H.top = s;
@@ -270,6 +303,7 @@ static void release_locked(struct span *s)
         bin_remove(p);
         p->units += s->units;
         p->flags |= s->flags & SPAN_SEG_END;
+        ((struct free_span *)p)->dirty += f->dirty;
         map_set(s, MAP_NONE);
         if (H.top == s)
             H.top = p;
@@ -280,6 +314,24 @@ static void release_locked(struct span *s)
     bin_insert(s);
     if (s == H.top && span_bytes(s) >= (size_t)option(OPT_TRIM_THRESHOLD))
         shrink_top((size_t)option(OPT_TOP_PAD));
+    if (H.dirty_free > (size_t)option(OPT_PURGE_THRESHOLD))
+        purge_locked();
+}
+
+/* Bytes of a free span about to be reused that may hold old data: all of
+ * it, unless it was purged with MADV_DONTNEED, which leaves only the header
+ * page (MADV_FREE pages may come back with their old contents). */
+static size_t purged_dirty(const struct span *s)
+{
+    if (((const struct free_span *)s)->dirty || option(OPT_PURGE_LAZY))
+        return span_bytes(s);
+    return PAGE;
+}
+
+/* A span that was in use is all dirty. */
+static void release_used(struct span *s)
+{
+    release_locked(s, span_bytes(s));
 }
 
 /*
@@ -292,12 +344,12 @@ static struct span *alloc_locked(size_t units, size_t *dirty)
     struct span *s = bin_find(units);
     if (s) {
         bin_remove(s);
-        *dirty = span_bytes(s);
+        *dirty = purged_dirty(s);
     } else if (H.top && H.top->kind == SPAN_FREE &&
                extend_top((units - H.top->units) << UNIT_SHIFT)) {
         s = H.top;
         bin_remove(s);
-        *dirty = span_bytes(s);
+        *dirty = purged_dirty(s);
         s->units = units;
     } else if (H.top && H.top->kind != SPAN_FREE &&
                extend_top(units << UNIT_SHIFT)) {
@@ -316,8 +368,11 @@ static struct span *alloc_locked(size_t units, size_t *dirty)
     }
     publish_end();
     s->kind = SPAN_LARGE;           /* before splitting: the rest must not merge back */
-    if (s->units > units)
-        release_locked(split(s, units));
+    if (s->units > units) {
+        size_t used = units << UNIT_SHIFT;
+        size_t rest_dirty = *dirty > used ? *dirty - used : 0;
+        release_locked(split(s, units), rest_dirty);
+    }
     return s;
 }
 
@@ -338,7 +393,7 @@ struct span *heap_alloc_span(size_t units, bool *fresh)
 void heap_free_span(struct span *s)
 {
     heap_lock();
-    release_locked(s);
+    release_used(s);
     heap_unlock();
 }
 
@@ -379,12 +434,12 @@ void *large_alloc(size_t size, size_t align, size_t *dirty_user)
         if (front) {
             struct span *b = split(s, front);
             b->kind = SPAN_LARGE;
-            release_locked(s);
+            release_used(s);
             dirty = dirty > (front << UNIT_SHIFT) ? dirty - (front << UNIT_SHIFT) : 0;
             s = b;
         }
         if (s->units > units)
-            release_locked(split(s, units));
+            release_used(split(s, units));
     }
     struct large_block *b = (struct large_block *)s;
     b->s.kind = SPAN_LARGE;
@@ -416,7 +471,7 @@ void large_free(struct large_block *b, const void *p, const char *func)
     }
     H.st.large_in_use -= span_bytes(&b->s);
     H.st.large_blocks--;
-    release_locked(&b->s);
+    release_used(&b->s);
     heap_unlock();
 }
 
@@ -432,7 +487,7 @@ bool large_resize_in_place(struct large_block *b, size_t size)
     heap_lock();
     size_t before = span_bytes(&b->s);
     if (units < b->s.units) {
-        release_locked(split(&b->s, units));
+        release_used(split(&b->s, units));
     } else if (units > b->s.units) {
         size_t need = units - b->s.units;
         struct span *n = span_after(&b->s);
@@ -451,7 +506,7 @@ bool large_resize_in_place(struct large_block *b, size_t size)
                 H.top = &b->s;
             fix_next_prev(&b->s);
             if (b->s.units > units)
-                release_locked(split(&b->s, units));
+                release_used(split(&b->s, units));
         } else if (!n && H.top == &b->s && extend_top(need << UNIT_SHIFT)) {
             b->s.units = units;
         } else {
@@ -472,21 +527,10 @@ bool large_resize_in_place(struct large_block *b, size_t size)
 
 int heap_trim(size_t pad)
 {
-    int released = 0;
     heap_lock();
-    if (shrink_top(pad))
-        released = 1;
-    /* Free space below the top cannot go back with sbrk; give its pages back
-     * with madvise, keeping each span's header page. */
-    for (unsigned b = 0; b < NUM_BINS; b++) {
-        for (struct free_span *f = H.bins[b]; f; f = f->next) {
-            size_t len = span_bytes(&f->s) - PAGE;
-            if (len && madvise((char *)f + PAGE, len, MADV_DONTNEED) == 0) {
-                H.st.released_madvise += len;
-                released = 1;
-            }
-        }
-    }
+    bool released = shrink_top(pad);
+    /* Free space below the top cannot go back with sbrk: madvise it. */
+    released |= purge_locked();
     heap_unlock();
     return released;
 }
@@ -580,11 +624,14 @@ int heap_check(void)
         prev = (s->flags & SPAN_SEG_END) ? NULL : s;
         u += s->units;
     }
-    size_t binned = 0, binned_bytes = 0;
+    size_t binned = 0, binned_bytes = 0, dirty = 0;
     for (unsigned b = 0; b < NUM_BINS; b++)
         for (struct free_span *f = H.bins[b]; f; f = f->next) {
             if (f->s.kind != SPAN_FREE || bin_of(f->s.units) != b)
                 bad += complain("bin holds a wrong span", f);
+            if (f->dirty > span_bytes(&f->s))
+                bad += complain("free span more dirty than big", f);
+            dirty += f->dirty;
             binned++;
             binned_bytes += span_bytes(&f->s);
             if (binned > free_spans + 1)
@@ -592,6 +639,8 @@ int heap_check(void)
         }
     if (binned != free_spans || binned_bytes != free_bytes || free_bytes != H.st.free_bytes)
         bad += complain("free spans and bins disagree", (void *)memalloc_heap_base);
+    if (dirty != H.dirty_free)
+        bad += complain("dirty free total disagrees with the spans", (void *)memalloc_heap_base);
     if (large != H.st.large_blocks || large_bytes != H.st.large_in_use)
         bad += complain("large block statistics disagree", (void *)memalloc_heap_base);
     if (H.top && (uintptr_t)H.top + span_bytes(H.top) != H.end)

@@ -86,6 +86,7 @@ struct span {
 struct free_span {
     struct span s;
     struct free_span *next, *prev;
+    size_t dirty;                   /* bytes that may still be resident */
 };
 
 /* A large block: one allocation.  The user pointer sits user_off bytes
@@ -246,6 +247,8 @@ enum option_id {
     OPT_VERBOSE,                    /* warn about bad option values etc. */
     OPT_PERTURB,                    /* glibc's MALLOC_PERTURB_ junk byte */
     OPT_TCACHE,                     /* per-thread caches on (1) or off (0) */
+    OPT_PURGE_THRESHOLD,            /* dirty free bytes that trigger madvise */
+    OPT_PURGE_LAZY,                 /* MADV_FREE (1) instead of MADV_DONTNEED */
     OPT_COUNT
 };
 

@@ -34,12 +34,15 @@ static const struct option_desc option_table[OPT_COUNT] = {
     [OPT_VERBOSE]        = {"MEMALLOC_VERBOSE", 0, 0, 1},
     [OPT_PERTURB]        = {"MALLOC_PERTURB_", 0, 0, 255},
     [OPT_TCACHE]         = {"MEMALLOC_TCACHE", 1, 0, 1},
+    [OPT_PURGE_THRESHOLD] = {"MEMALLOC_PURGE_THRESHOLD", 2 << 20, 0, PTRDIFF_MAX},
+    [OPT_PURGE_LAZY]     = {"MEMALLOC_PURGE_LAZY", 0, 0, 1},
 };
 
 /* The defaults hold from the first call, before the environment is read. */
 long memalloc_options[OPT_COUNT] HIDDEN = {
     [OPT_TRIM_THRESHOLD] = 128 << 10,
     [OPT_TCACHE] = 1,
+    [OPT_PURGE_THRESHOLD] = 2 << 20,
 };
 
 extern char **__environ;
