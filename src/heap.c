@@ -36,6 +36,7 @@ static struct {
     struct span *top;               /* highest span of the top segment */
     struct free_span *bins[NUM_BINS];
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
+    size_t retain;                  /* twice the biggest large block freed */
     struct heap_stats st;
 } H;
 
@@ -257,6 +258,23 @@ static bool shrink_top(size_t keep)
     return true;
 }
 
+/*
+ * Free space on top is given back once it reaches the trim threshold.  Like
+ * glibc's, the threshold follows the programs's large blocks: freeing one of
+ * B bytes raises it to 2B (capped by MEMALLOC_RETAIN_MAX), so a program that
+ * keeps allocating and freeing a big buffer reuses the same pages instead of
+ * paying a round trip through sbrk and fresh page faults every time.  What
+ * this keeps is bounded by twice the largest such block, and
+ * mallopt(M_TRIM_THRESHOLD) or malloc_trim(0) bring back the plain rule.
+ */
+static size_t trim_threshold(void)
+{
+    size_t t = (size_t)option(OPT_TRIM_THRESHOLD);
+    size_t cap = (size_t)option(OPT_RETAIN_MAX);
+    size_t r = H.retain < cap ? H.retain : cap;
+    return r > t ? r : t;
+}
+
 /* Give the pages of every dirty free span back with madvise, keeping each
  * span's header page.  They read as zero afterwards. */
 static bool purge_locked(void)
@@ -312,7 +330,7 @@ static void release_locked(struct span *s, size_t dirty)
     fix_next_prev(s);
     map_set(s, MAP_SPAN);
     bin_insert(s);
-    if (s == H.top && span_bytes(s) >= (size_t)option(OPT_TRIM_THRESHOLD))
+    if (s == H.top && span_bytes(s) >= trim_threshold())
         shrink_top((size_t)option(OPT_TOP_PAD));
     if (H.dirty_free > (size_t)option(OPT_PURGE_THRESHOLD))
         purge_locked();
@@ -471,6 +489,8 @@ void large_free(struct large_block *b, const void *p, const char *func)
     }
     H.st.large_in_use -= span_bytes(&b->s);
     H.st.large_blocks--;
+    if (2 * span_bytes(&b->s) > H.retain)
+        H.retain = 2 * span_bytes(&b->s);
     release_used(&b->s);
     heap_unlock();
 }

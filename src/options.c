@@ -36,6 +36,7 @@ static const struct option_desc option_table[OPT_COUNT] = {
     [OPT_TCACHE]         = {"MEMALLOC_TCACHE", 1, 0, 1},
     [OPT_PURGE_THRESHOLD] = {"MEMALLOC_PURGE_THRESHOLD", 2 << 20, 0, PTRDIFF_MAX},
     [OPT_PURGE_LAZY]     = {"MEMALLOC_PURGE_LAZY", 0, 0, 1},
+    [OPT_RETAIN_MAX]     = {"MEMALLOC_RETAIN_MAX", 32 << 20, 0, PTRDIFF_MAX},
 };
 
 /* The defaults hold from the first call, before the environment is read. */
@@ -43,6 +44,7 @@ long memalloc_options[OPT_COUNT] HIDDEN = {
     [OPT_TRIM_THRESHOLD] = 128 << 10,
     [OPT_TCACHE] = 1,
     [OPT_PURGE_THRESHOLD] = 2 << 20,
+    [OPT_RETAIN_MAX] = 32 << 20,
 };
 
 extern char **__environ;
@@ -101,15 +103,19 @@ EXPORT int memalloc_mallopt(int param, int value)
 {
     ensure_init();
     switch (param) {
+    /* As in glibc, setting either one by hand turns off the threshold that
+     * follows the size of freed large blocks. */
     case M_TRIM_THRESHOLD:
         if (value < 0)
             return 0;
         memalloc_options[OPT_TRIM_THRESHOLD] = value;
+        memalloc_options[OPT_RETAIN_MAX] = 0;
         return 1;
     case M_TOP_PAD:
         if (value < 0)
             return 0;
         memalloc_options[OPT_TOP_PAD] = value;
+        memalloc_options[OPT_RETAIN_MAX] = 0;
         return 1;
     case M_PERTURB:
         memalloc_options[OPT_PERTURB] = value & 0xff;

@@ -411,6 +411,8 @@ static void phase_empty_heap_child(void)
         /* Before any allocation: the heap's only segment will hold one large
          * block, whose free empties it (and gives back its alignment pad). */
         uintptr_t before = brk_now();
+        /* The plain rule: no space kept for big blocks freed on top. */
+        memalloc_mallopt(M_TRIM_THRESHOLD, 128 << 10);
         void *p = memalloc_malloc(4 * U);
         memalloc_free(p);
         int bad = 0;

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,10 +199,73 @@ static void test_counts(void)
     CHECK_HEAP("counts, freed");
 }
 
-/* The heap shrinks on free alone when at least the trim threshold (128 KiB
- * by default) is free on top. */
+/* Freeing a large block on top keeps up to twice its size there, so that a
+ * program cycling one big buffer reuses it; more than that goes back at
+ * once, and malloc_trim(0) gives back the rest.  Runs first: it needs a
+ * process that has not freed a large block yet. */
+static void test_retention(void)
+{
+    struct memalloc_stats st0, st1;
+    memalloc_malloc_trim(0);
+    char *before = brk_now();
+    void *p = memalloc_malloc(1 * MiB);
+    CHECK(p != NULL, "malloc(1 MiB)");
+    if (!p)
+        return;
+    memset(p, 1, 1 * MiB);
+    char *held = brk_now();
+    memalloc_free(p);
+    CHECK(brk_now() == held, "a freed 1 MiB top block was not kept (break %+td)",
+          brk_now() - held);
+    memalloc_get_stats(&st0);
+    for (int i = 0; i < 20; i++) {          /* the big-buffer pattern */
+        void *q = memalloc_malloc(1 * MiB);
+        CHECK(q == p, "cycle %d: the kept block was not reused (%p, not %p)", i, q, p);
+        if (!q)
+            return;
+        memset(q, i, 1 * MiB);
+        memalloc_free(q);
+    }
+    memalloc_get_stats(&st1);
+    CHECK(brk_now() == held, "cycling a 1 MiB buffer moved the break by %+td", brk_now() - held);
+    CHECK(st1.released_sbrk == st0.released_sbrk,
+          "cycling a 1 MiB buffer went through sbrk (%zu bytes released)",
+          st1.released_sbrk - st0.released_sbrk);
+    CHECK(memalloc_malloc_trim(0) == 1, "malloc_trim(0) did not release the kept space");
+    CHECK(brk_now() == before, "after malloc_trim(0) the break is %+td from before",
+          brk_now() - before);
+
+    /* Twice the biggest freed block is the bound: freeing three 1 MiB blocks
+     * from the top reaches it on the second free, which gives everything
+     * back; the third is kept. */
+    void *b[3];
+    for (int i = 0; i < 3; i++) {
+        b[i] = memalloc_malloc(1 * MiB);
+        CHECK(b[i] != NULL, "malloc(1 MiB)");
+        if (!b[i])
+            return;
+        memset(b[i], 2, 1 * MiB);
+    }
+    char *top3 = brk_now();
+    memalloc_free(b[2]);
+    CHECK(brk_now() == top3, "the first of three freed blocks was not kept");
+    memalloc_free(b[1]);
+    CHECK(brk_now() <= (char *)b[1], "2 MiB free on top was not given back (break %+td)",
+          brk_now() - before);
+    memalloc_free(b[0]);
+    CHECK(brk_now() - before <= (ptrdiff_t)(2 * (MiB + 64 * KiB)),
+          "more than twice the block kept on top: break %+td", brk_now() - before);
+    memalloc_malloc_trim(0);
+    CHECK(brk_now() == before, "after malloc_trim(0) the break is %+td", brk_now() - before);
+    CHECK_HEAP("retention");
+}
+
+/* With the trim threshold set by hand (which, as in glibc, turns off the
+ * space kept after big frees), the heap shrinks on free alone when at least
+ * the threshold is free on top. */
 static void test_shrink_without_trim(void)
 {
+    CHECK(memalloc_mallopt(M_TRIM_THRESHOLD, 128 * KiB) == 1, "mallopt(M_TRIM_THRESHOLD)");
     memalloc_malloc_trim(0);
     void *low = memalloc_malloc(200 * KiB);   /* the heap is not empty below */
     char *before = brk_now();
@@ -304,6 +368,7 @@ int main(void)
     memalloc_free(warm);
     memalloc_malloc_trim(0);
 
+    test_retention();
     test_coalesce();
     test_counts();
     test_shrink_without_trim();
