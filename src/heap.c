@@ -155,6 +155,28 @@ static void publish_end(void)
         H.st.heap_peak = bytes;
 }
 
+/* Once per process, with MEMALLOC_VERBOSE=1: the break would not move.  The
+ * usual causes are RLIMIT_DATA and a mapping placed right above the heap
+ * (V8 puts its code range near the executable, which can be there); sbrk is
+ * memalloc's only source of memory, so the request fails with ENOMEM. */
+static void warn_sbrk_failed(uintptr_t at)
+{
+    static bool warned;
+    if (warned || !option(OPT_VERBOSE))
+        return;
+    warned = true;
+    char buf[160];
+    const char *head = "memalloc: sbrk cannot grow the heap past 0x";
+    size_t n = strlen(head);
+    memcpy(buf, head, n);
+    for (int shift = 60; shift >= 0; shift -= 4)
+        if ((at >> shift) || shift == 0 || n > strlen(head))
+            buf[n++] = "0123456789abcdef"[(at >> shift) & 15];
+    const char *tail = " (ENOMEM: RLIMIT_DATA, or a mapping above the break)\n";
+    memcpy(buf + n, tail, strlen(tail) + 1);
+    message(buf);
+}
+
 /* Extend the top segment by `bytes` in place.  Only when the break is still
  * where we left it: otherwise the memory above `end` is someone else's. */
 static bool extend_top(size_t bytes)
@@ -165,8 +187,10 @@ static bool extend_top(size_t bytes)
         unit_index(H.end) + (bytes >> UNIT_SHIFT) > MAP_UNITS)
         return false;
     void *old = raw_sbrk((intptr_t)bytes);
-    if (old == (void *)-1)
+    if (old == (void *)-1) {
+        warn_sbrk_failed(H.end);
         return false;
+    }
     if (old != (void *)H.end) {
         /* Another thread moved the break between our two calls: give the
          * odd piece back if we still can, and fail this attempt. */
@@ -196,8 +220,10 @@ static struct span *new_segment(size_t units)
         unit_index(aligned) + units > MAP_UNITS)
         return NULL;
     void *old = raw_sbrk((intptr_t)(pad + bytes));
-    if (old == (void *)-1)
+    if (old == (void *)-1) {
+        warn_sbrk_failed(cur);
         return NULL;
+    }
     if ((uintptr_t)old != cur) {
         if (raw_break() == (char *)old + pad + bytes)
             raw_sbrk(-(intptr_t)(pad + bytes));
