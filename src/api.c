@@ -51,8 +51,18 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
         while (cls < NUM_CLASSES && memalloc_classes[cls].align < align)
             cls++;
         if (cls < NUM_CLASSES) {
-            bool zeroed;
-            void *p = chunk_alloc(cls, &zeroed);
+            /* Every block of the class has the alignment, so the class's
+             * thread-cache bin serves aligned requests too. */
+            struct tcache *t = tcache_current();
+            void *p = NULL;
+            bool zeroed = false;
+            if (cls < TC_CLASSES && (t || (t = tcache_create()))) {
+                p = tcache_pop(t, cls);
+                if (!p)
+                    p = tcache_refill(t, cls);
+            } else {
+                p = chunk_alloc(cls, &zeroed);
+            }
             if (!p)
                 errno = ENOMEM;
             *dirty = zeroed ? 0 : n;

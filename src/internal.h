@@ -102,19 +102,23 @@ struct large_block {
 /* A small-class chunk.  Free blocks form a singly linked list threaded
  * through their first word; blocks past `carved` were never handed out. */
 #define CHUNK_MAX_BLOCKS (UNIT / ALIGNMENT)
+/* The first cache line holds what the lock-free free path reads; it is
+ * written only while the chunk is set up or carved.  The counts and links
+ * that every batch under the class lock writes live on the next line, so
+ * threads freeing into their caches do not fight over the header. */
 struct chunk {
     struct span s;
     uint32_t cls;
-    uint32_t capacity;              /* blocks that fit */
-    uint32_t in_use;                /* blocks handed out */
+    uint32_t size;                  /* block size, copied from the class */
+    uint32_t data_off;              /* offset of block 0 from the chunk start */
     uint32_t carved;                /* blocks ever handed out (bump index) */
+    uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
+    uint32_t capacity;              /* blocks that fit */
+    uint32_t fresh;                 /* memory came straight from sbrk: zero */
+    /* --- written under the class lock --- */
+    uint32_t in_use __attribute__((aligned(64)));   /* blocks handed out */
     void *free_list;
     struct chunk *next, *prev;      /* in the class's list of chunks with room */
-    uint32_t data_off;              /* offset of block 0 from the chunk start */
-    uint32_t size;                  /* block size, copied from the class */
-    uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
-    uint32_t fresh;                 /* memory came straight from sbrk: zero */
-    uint32_t pad_;
     uint64_t used_map[CHUNK_MAX_BLOCKS / 64];   /* 1 bit per block in use */
 };
 #define CHUNK_HDR_SIZE sizeof(struct chunk)
