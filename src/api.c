@@ -39,6 +39,26 @@ static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
     return large_alloc(n, align, dirty);
 }
 
+/* A block of class cls for an n-byte request: from this thread's cache
+ * (created on first use) for the cached classes, else from the class. */
+static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
+{
+    struct tcache *t = tcache_current();
+    void *p;
+    bool zeroed = false;
+    if (cls < TC_CLASSES && (t || (t = tcache_create()))) {
+        p = tcache_pop(t, cls);
+        if (!p)
+            p = tcache_refill(t, cls);
+    } else {
+        p = chunk_alloc(cls, &zeroed);
+    }
+    if (unlikely(!p))
+        errno = ENOMEM;
+    *dirty = zeroed ? 0 : n;
+    return p;
+}
+
 /* Small blocks with an alignment above 16: the first class at least as big
  * whose blocks all share that alignment (power-of-two classes are aligned
  * to their size, up to a page). */
@@ -50,24 +70,10 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
         unsigned cls = size_to_class(want);
         while (cls < NUM_CLASSES && memalloc_classes[cls].align < align)
             cls++;
-        if (cls < NUM_CLASSES) {
-            /* Every block of the class has the alignment, so the class's
-             * thread-cache bin serves aligned requests too. */
-            struct tcache *t = tcache_current();
-            void *p = NULL;
-            bool zeroed = false;
-            if (cls < TC_CLASSES && (t || (t = tcache_create()))) {
-                p = tcache_pop(t, cls);
-                if (!p)
-                    p = tcache_refill(t, cls);
-            } else {
-                p = chunk_alloc(cls, &zeroed);
-            }
-            if (!p)
-                errno = ENOMEM;
-            *dirty = zeroed ? 0 : n;
-            return p;
-        }
+        /* Every block of the class has the alignment, so the class's
+         * thread-cache bin serves aligned requests too. */
+        if (cls < NUM_CLASSES)
+            return small_alloc(cls, n, dirty);
     }
     if (align > (size_t)PTRDIFF_MAX / 2) {
         errno = ENOMEM;
@@ -82,25 +88,8 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 {
     ensure_init();
-    if (likely(n <= SMALL_MAX)) {
-        unsigned cls = size_to_class(n);
-        struct tcache *t = tcache_current();
-        if (n <= TC_MAX_SIZE && (t || (t = tcache_create()))) {
-            void *p = tcache_pop(t, cls);
-            if (!p)
-                p = tcache_refill(t, cls);
-            if (!p)
-                errno = ENOMEM;
-            *dirty = n;
-            return p;
-        }
-        bool zeroed;
-        void *p = chunk_alloc(cls, &zeroed);
-        if (unlikely(!p))
-            errno = ENOMEM;
-        *dirty = zeroed ? 0 : n;
-        return p;
-    }
+    if (likely(n <= SMALL_MAX))
+        return small_alloc(size_to_class(n), n, dirty);
     return malloc_large(n, ALIGNMENT, dirty);
 }
 

@@ -18,37 +18,7 @@
 #include <unistd.h>
 
 #include "memalloc.h"
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
-#endif
-#endif
-#ifndef UNDER_VALGRIND
-#define UNDER_VALGRIND() 0
-#endif
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define CHECK_HEAP(phase)                                                     \
-    do {                                                                      \
-        int bad_ = memalloc_check();                                          \
-        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
+#include "check.h"
 
 static volatile size_t v_size_max = SIZE_MAX;
 
@@ -91,13 +61,6 @@ static size_t verify_prefix(const void *p, size_t keep, size_t n, unsigned seed)
 static size_t verify(const void *p, size_t n, unsigned seed)
 {
     return verify_prefix(p, n, n, seed);
-}
-
-static struct memalloc_stats stats(void)
-{
-    struct memalloc_stats st;
-    memalloc_get_stats(&st);
-    return st;
 }
 
 enum fn { F_ALIGNED_ALLOC, F_MEMALIGN, F_POSIX_MEMALIGN, F_COUNT };
@@ -210,13 +173,10 @@ static void test_zero_size(void)
                     memalloc_free(q[i]);
                 _exit(memalloc_check() == 0 ? 0 : 4);
             }
-            int st = 0;
-            while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-                ;
+            int st = wait_child(pid);
             CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "%s(%zu, 0) followed by malloc(200K): child %s %d (0 expected)", fn_name[f], align,
-                  WIFSIGNALED(st) ? "died of signal" : "exited with",
-                  WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+                  CHILD_HOW(st));
         }
     }
 }
@@ -416,9 +376,5 @@ int main(void)
     test_memalign_rounding();
     test_valloc_pvalloc();
     CHECK_HEAP("end");
-    if (failures) {
-        fprintf(stderr, "test_aligned: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_aligned");
 }

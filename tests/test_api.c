@@ -19,37 +19,7 @@
 #include <unistd.h>
 
 #include "memalloc.h"
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
-#endif
-#endif
-#ifndef UNDER_VALGRIND
-#define UNDER_VALGRIND() 0
-#endif
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define CHECK_HEAP(phase)                                                     \
-    do {                                                                      \
-        int bad_ = memalloc_check();                                          \
-        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
+#include "check.h"
 
 /* Sizes the compiler cannot see through, so it neither warns nor folds. */
 static volatile size_t v_size_max = SIZE_MAX;
@@ -87,13 +57,6 @@ static size_t first_nonzero(const void *p, size_t n)
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
-static struct memalloc_stats stats(void)
-{
-    struct memalloc_stats st;
-    memalloc_get_stats(&st);
-    return st;
-}
 
 /* ---- malloc(0), alignment, usable size ------------------------------------ */
 
@@ -727,12 +690,8 @@ static void test_malloc_stats(void)
     close(saved);
     close(fds[1]);
     static char out[64 * 1024];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof out - 1 && (r = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
-        len += (size_t)r;
+    size_t len = read_all(fds[0], out, sizeof out);
     close(fds[0]);
-    out[len] = '\0';
     CHECK(len > 0, "malloc_stats printed nothing on stderr");
     CHECK(strstr(out, "heap bytes now") != NULL, "malloc_stats output lacks \"heap bytes now\"");
     CHECK(len > 0 && out[len - 1] == '\n', "malloc_stats output does not end in a newline");
@@ -753,9 +712,5 @@ int main(void)
     test_mallinfo();
     test_malloc_stats();
     CHECK_HEAP("end");
-    if (failures) {
-        fprintf(stderr, "test_api: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_api");
 }

@@ -18,37 +18,7 @@
 #include <unistd.h>
 
 #include "memalloc.h"
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
-#endif
-#endif
-#ifndef UNDER_VALGRIND
-#define UNDER_VALGRIND() 0
-#endif
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define CHECK_HEAP(phase)                                                     \
-    do {                                                                      \
-        int bad_ = memalloc_check();                                          \
-        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
+#include "check.h"
 
 /* The region this test owns. */
 static unsigned char *own_start, *own_end;
@@ -236,9 +206,5 @@ int main(void)
         blk_free(i);
     memalloc_malloc_trim(0);
     CHECK_HEAP("end");
-    if (failures) {
-        fprintf(stderr, "test_brk: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_brk");
 }

@@ -27,23 +27,8 @@
 #include "internal.h"
 #include "memalloc.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-            if (++failures >= 100) {                                           \
-                fprintf(stderr, "%s: too many failures, giving up\n", __FILE__); \
-                exit(1);                                                       \
-            }                                                                  \
-        }                                                                      \
-    } while (0)
-
-#define CHECK_HEAP(phase) \
-    CHECK(memalloc_check() == 0, "memalloc_check failed after %s", phase)
+#define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */
+#include "check.h"
 
 static bool on_partial(const struct size_class *sc, const struct chunk *c)
 {
@@ -364,9 +349,5 @@ int main(void)
     test_class((unsigned)c_multi);
     test_lookup();
 
-    if (failures) {
-        fprintf(stderr, "%s: %d check(s) failed\n", __FILE__, failures);
-        return 1;
-    }
-    return 0;
+    return check_report(__FILE__);
 }

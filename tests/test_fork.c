@@ -46,6 +46,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
+
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define UNDER_SANITIZER 1
 #elif defined(__has_feature)
@@ -91,16 +93,6 @@ static void put_num(long v)
     put(buf + i);
 }
 
-static atomic_int failures;
-
-#define FAIL(...)                                                        \
-    do {                                                                 \
-        if (atomic_fetch_add(&failures, 1) < 30) {                       \
-            fprintf(stderr, "FAIL: " __VA_ARGS__);                       \
-            fputc('\n', stderr);                                         \
-        }                                                                \
-    } while (0)
-
 /* ---- the watchdog ------------------------------------------------------------- */
 
 static const char *volatile wd_scenario = "test_fork";
@@ -136,16 +128,6 @@ static void arm_watchdog(unsigned seconds)
 }
 
 /* ---- shared helpers ------------------------------------------------------------- */
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
 
 /* Log-uniform 8 B .. 2^(top_bits+1) */
 static size_t random_size(uint64_t *s, unsigned top_bits)

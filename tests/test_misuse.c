@@ -22,20 +22,7 @@
 #include <unistd.h>
 
 #include "memalloc.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
+#include "check.h"
 
 enum action {
     A_FREE,             /* free(p) */
@@ -112,30 +99,16 @@ static void expect_abort(const char *what, enum action a, void *p, int line)
     }
     close(fds[1]);
     char out[1024];
-    size_t len = 0;
-    for (;;) {
-        ssize_t r = read(fds[0], out + len, sizeof out - 1 - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-        if (len == sizeof out - 1)
-            break;
-    }
-    out[len] = '\0';
+    size_t len = read_all(fds[0], out, sizeof out);
     close(fds[0]);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-        ;
+    int st = wait_child(pid);
 
     char ptr[32];
     snprintf(ptr, sizeof ptr, "%p", p);
     if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT)) {
         fprintf(stderr, "%s:%d: FAIL: %s (%s %s): child %s %d, not SIGABRT; stderr: \"%s\"\n",
                 __FILE__, line, what, func_of[a], ptr,
-                WIFSIGNALED(st) ? "died of signal" : "exited with",
-                WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), out);
+                CHILD_HOW(st), out);
         failures++;
         return;
     }
@@ -250,9 +223,5 @@ int main(void)
     free(glibc_block);
     int bad_count = memalloc_check();
     CHECK(bad_count == 0, "memalloc_check() == %d at the end", bad_count);
-    if (failures) {
-        fprintf(stderr, "test_misuse: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_misuse");
 }

@@ -18,27 +18,8 @@
 #include <unistd.h>
 
 #include "memalloc.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define CHECK_HEAP(phase)                                                     \
-    do {                                                                      \
-        int bad_ = memalloc_check();                                          \
-        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
 #define HEADROOM (8 * MiB)
 
 /* VmData in bytes, read without allocating. */
@@ -263,9 +244,5 @@ int main(void)
     CHECK(p != NULL, "malloc(2 MiB) after the OOM phases");
     memalloc_free(p);
     CHECK_HEAP("end");
-    if (failures) {
-        fprintf(stderr, "test_oom: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_oom");
 }

@@ -33,17 +33,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int failures;
-
-#define CHECK(cond, ...)                                                 \
-    do {                                                                 \
-        if (!(cond)) {                                                   \
-            failures++;                                                  \
-            fprintf(stderr, "FAIL: %s:%d: ", __FILE__, __LINE__);        \
-            fprintf(stderr, __VA_ARGS__);                                \
-            fputc('\n', stderr);                                         \
-        }                                                                \
-    } while (0)
+#include "check.h"
 
 static int (*mem_check)(void);
 
@@ -476,10 +466,8 @@ int main(void)
     check_extensions();
 
     CHECK(mem_check() == 0, "memalloc_check() != 0 at the end");
-    if (failures) {
-        fprintf(stderr, "test_preload_api: %d check(s) failed\n", failures);
+    if (check_report("test_preload_api"))
         return 1;
-    }
     printf("test_preload_api: all checks passed\n");
     return 0;
 }

@@ -24,20 +24,8 @@
 #include "internal.h"
 #include "memalloc.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-            if (++failures >= 100) {                                           \
-                fprintf(stderr, "%s: too many failures, giving up\n", __FILE__); \
-                exit(1);                                                       \
-            }                                                                  \
-        }                                                                      \
-    } while (0)
+#define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */
+#include "check.h"
 
 static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
@@ -205,9 +193,5 @@ int main(void)
     check_reciprocal();
     memalloc_free(keep);
 
-    if (failures) {
-        fprintf(stderr, "%s: %d check(s) failed\n", __FILE__, failures);
-        return 1;
-    }
-    return 0;
+    return check_report(__FILE__);
 }

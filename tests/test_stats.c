@@ -17,34 +17,7 @@
 #include <unistd.h>
 
 #include "memalloc.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-#define CHECK_HEAP(phase)                                                     \
-    do {                                                                      \
-        int bad_ = memalloc_check();                                          \
-        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
-    } while (0)
-
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
-
-static struct memalloc_stats stats(void)
-{
-    struct memalloc_stats st;
-    memalloc_get_stats(&st);
-    return st;
-}
+#include "check.h"
 
 static char *brk_now(void) { return sbrk(0); }
 
@@ -374,9 +347,5 @@ int main(void)
     test_shrink_without_trim();
     test_thread_first_small_malloc();
     CHECK_HEAP("end");
-    if (failures) {
-        fprintf(stderr, "test_stats: %d check(s) failed\n", failures);
-        return 1;
-    }
-    return 0;
+    return check_report("test_stats");
 }

@@ -36,33 +36,13 @@
 #include <unistd.h>
 
 #include "memalloc.h"
+#include "check.h"
 
 #define MIN_SIZE 8
 #define MAX_SIZE (300u << 10)
 #define WATCHDOG_S 120           /* per run; there may be two */
 
-static atomic_int failures;
-
-#define FAIL(...)                                                        \
-    do {                                                                 \
-        if (atomic_fetch_add(&failures, 1) < 30) {                       \
-            fprintf(stderr, "FAIL: " __VA_ARGS__);                       \
-            fputc('\n', stderr);                                         \
-        }                                                                \
-    } while (0)
-
 /* ---- helpers ------------------------------------------------------------- */
-
-static uint64_t rng_next(uint64_t *s)
-{
-    /* xorshift64* */
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
 
 /* Log-uniform over 8 B .. 300 KiB, so that small classes, the biggest
  * classes and large blocks are all hit often. */
@@ -522,9 +502,7 @@ static int rerun_without_perturb(char **argv)
         fprintf(stderr, "FAIL: re-exec without MALLOC_PERTURB_: %s\n", strerror(errno));
         _exit(127);
     }
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-        ;
+    int st = wait_child(pid);
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
         return 0;
     FAIL("the run without MALLOC_PERTURB_ failed (status 0x%x)", st);
@@ -543,11 +521,8 @@ int main(int argc, char **argv)
     phase2();
     phase3();
 
-    int f = atomic_load(&failures);
-    if (f) {
-        fprintf(stderr, "test_threads: %d check(s) failed\n", f);
+    if (check_report("test_threads"))
         return 1;
-    }
     printf("test_threads: all phases passed\n");
     return rerun_without_perturb(argv);
 }
