@@ -84,11 +84,19 @@ void tcache_flush_all(struct tcache *t)
 
 /* ---- double-free decision ------------------------------------------------------ */
 
+/* Other threads change their bins without a lock while we look, so the walk
+ * is bounded and stops at anything that is not a small block: a torn list
+ * may hide p (the free then proceeds, as without caches), never crash us. */
 static bool bin_contains(const struct tbin *b, const void *p)
 {
-    for (void *const *q = b->head; q; q = q[0])
+    uint32_t left = __atomic_load_n(&b->max, __ATOMIC_RELAXED);
+    void *const *q = __atomic_load_n(&b->head, __ATOMIC_RELAXED);
+    void *meta;
+    while (q && left-- > 0 && ptr_lookup(q, &meta) == PTR_SMALL) {
         if (q == p)
             return true;
+        q = __atomic_load_n(&q[0], __ATOMIC_RELAXED);
+    }
     return false;
 }
 
