@@ -1,0 +1,150 @@
+/*
+ * check.h - what the C test programs share: the failure counter and the
+ * CHECK / FAIL reporting macros, check_report() for main's exit status,
+ * KiB / MiB, UNDER_VALGRIND(), the xorshift generator, and the fork-child
+ * helpers (wait_child, read_all, CHILD_HOW).  With memalloc.h included
+ * first it adds CHECK_HEAP and stats().  Test-specific patterns, helpers
+ * and limits stay in the test files.
+ *
+ * Include after the system headers (with _GNU_SOURCE defined first).
+ * Define CHECK_MAX_FAILURES before including to make CHECK give up (exit 1)
+ * after that many failures.
+ */
+#ifndef MEMALLOC_TESTS_CHECK_H
+#define MEMALLOC_TESTS_CHECK_H
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- failures -------------------------------------------------------------- */
+
+/* Failed checks so far; atomic, since threaded tests report from any thread. */
+static atomic_int failures;
+
+#ifdef CHECK_MAX_FAILURES
+#define CHECK_GIVE_UP_()                                                      \
+    do {                                                                      \
+        if (atomic_load(&failures) >= CHECK_MAX_FAILURES) {                   \
+            fprintf(stderr, "%s: too many failures, giving up\n", __FILE__);  \
+            exit(1);                                                          \
+        }                                                                     \
+    } while (0)
+#else
+#define CHECK_GIVE_UP_() ((void)0)
+#endif
+
+/* One "file:line: FAIL: message" line per failed condition. */
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);             \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+            failures++;                                                       \
+            CHECK_GIVE_UP_();                                                 \
+        }                                                                     \
+    } while (0)
+
+/* For threaded stress tests: a "FAIL: message" line, the first 30 only. */
+#define FAIL(...)                                                             \
+    do {                                                                      \
+        if (atomic_fetch_add(&failures, 1) < 30) {                            \
+            fprintf(stderr, "FAIL: " __VA_ARGS__);                            \
+            fputc('\n', stderr);                                              \
+        }                                                                     \
+    } while (0)
+
+/* main's verdict: 0, or 1 after "NAME: N check(s) failed" on stderr. */
+static inline int check_report(const char *name)
+{
+    int n = atomic_load(&failures);
+    if (n) {
+        fprintf(stderr, "%s: %d check(s) failed\n", name, n);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- sizes and environment ----------------------------------------------------- */
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#endif
+#endif
+#ifndef UNDER_VALGRIND
+#define UNDER_VALGRIND() 0
+#endif
+
+/* xorshift64* */
+static inline uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- forked children ------------------------------------------------------------ */
+
+/* waitpid, retried on EINTR; the child's status. */
+static inline int wait_child(pid_t pid)
+{
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return st;
+}
+
+/* The two arguments for "child %s %d": how a child ended, and with what. */
+#define CHILD_HOW(st)                                                         \
+    (WIFSIGNALED(st) ? "died of signal" : "exited with"),                     \
+        (WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st))
+
+/* Read fd until EOF (retrying EINTR) or size - 1 bytes, into a
+ * NUL-terminated buf; the length read. */
+static inline size_t read_all(int fd, char *buf, size_t size)
+{
+    size_t len = 0;
+    while (len < size - 1) {
+        ssize_t r = read(fd, buf + len, size - 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    buf[len] = '\0';
+    return len;
+}
+
+/* ---- with memalloc.h ---------------------------------------------------------------- */
+
+#ifdef MEMALLOC_H
+#define CHECK_HEAP(phase)                                                     \
+    do {                                                                      \
+        int bad_ = memalloc_check();                                          \
+        CHECK(bad_ == 0, "memalloc_check() == %d after %s", bad_, phase);     \
+    } while (0)
+
+static inline struct memalloc_stats stats(void)
+{
+    struct memalloc_stats st;
+    memalloc_get_stats(&st);
+    return st;
+}
+#endif
+
+#endif
