@@ -224,6 +224,14 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     void *head = NULL, **tail = &head;
     unsigned got = 0;
     pthread_mutex_lock(&sc->lock);
+    if (sc->parked) {
+        /* A parked batch goes out whole, whatever n says. */
+        sc->parked--;
+        *list = sc->parked_list[sc->parked];
+        got = sc->parked_count[sc->parked];
+        pthread_mutex_unlock(&sc->lock);
+        return got;
+    }
     while (got < n) {
         struct chunk *c = sc->partial;
         if (!c && !(c = chunk_new(sc, cls)))
@@ -246,13 +254,10 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     return got;
 }
 
-/* Give back n blocks of class cls (a list through their first words), each
- * already validated when it entered a cache; the bitmap still catches a
- * block that reached the pool twice. */
-void chunk_free_batch(unsigned cls, void *list, unsigned n)
+/* Put n listed blocks back into their chunks; the bitmap catches a block
+ * that reached the pool twice.  Class lock held. */
+static void return_list(struct size_class *sc, void *list, unsigned n)
 {
-    struct size_class *sc = &memalloc_classes[cls];
-    pthread_mutex_lock(&sc->lock);
     for (void *p = list, *next; p; p = next) {
         next = *(void **)p;
         void *meta;
@@ -266,7 +271,62 @@ void chunk_free_batch(unsigned cls, void *list, unsigned n)
         put_back(sc, c, p);
     }
     sc->in_use -= n;
+}
+
+/* Give back n blocks of class cls (a list through their first words), each
+ * validated when it entered a cache: parked whole when a slot is free,
+ * else returned to their chunks. */
+void chunk_free_batch(unsigned cls, void *list, unsigned n)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    pthread_mutex_lock(&sc->lock);
+    if (sc->parked < XFER_SLOTS) {
+        sc->parked_list[sc->parked] = list;
+        sc->parked_count[sc->parked] = (uint16_t)n;
+        sc->parked++;
+    } else {
+        return_list(sc, list, n);
+    }
     pthread_mutex_unlock(&sc->lock);
+}
+
+/* Empty every class's parking slots into the chunks (malloc_trim), so that
+ * empty chunks can go back to the heap. */
+void chunk_unpark_all(void)
+{
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
+        struct size_class *sc = &memalloc_classes[cls];
+        pthread_mutex_lock(&sc->lock);
+        while (sc->parked) {
+            sc->parked--;
+            return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked]);
+        }
+        pthread_mutex_unlock(&sc->lock);
+    }
+}
+
+size_t chunk_parked_blocks(unsigned cls)
+{
+    const struct size_class *sc = &memalloc_classes[cls];
+    size_t n = 0;
+    for (unsigned i = 0; i < sc->parked; i++)
+        n += sc->parked_count[i];
+    return n;
+}
+
+/* Is p in one of the class's parked batches?  For the double-free check. */
+bool chunk_parked_holds(unsigned cls, const void *p)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    bool found = false;
+    pthread_mutex_lock(&sc->lock);
+    for (unsigned i = 0; i < sc->parked && !found; i++) {
+        unsigned left = sc->parked_count[i];
+        for (void *const *q = sc->parked_list[i]; q && left-- && !found; q = q[0])
+            found = q == p;
+    }
+    pthread_mutex_unlock(&sc->lock);
+    return found;
 }
 
 bool chunk_block_in_use(const struct chunk *c, const void *p)
@@ -328,6 +388,22 @@ int chunk_check_end(void)
     int bad = 0;
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         const struct size_class *sc = &memalloc_classes[cls];
+        for (unsigned i = 0; i < sc->parked; i++) {
+            unsigned n = 0;
+            for (void **q = sc->parked_list[i]; q; q = q[0]) {
+                void *meta;
+                if (++n > sc->parked_count[i] || ptr_lookup(q, &meta) != PTR_SMALL ||
+                    ((struct chunk *)meta)->cls != cls || !chunk_block_in_use(meta, q)) {
+                    struct chunk dummy = {.cls = cls};
+                    bad += chunk_complain("parked batch holds a bad block", &dummy);
+                    break;
+                }
+            }
+            if (n != sc->parked_count[i]) {
+                struct chunk dummy = {.cls = cls};
+                bad += chunk_complain("parked batch count is wrong", &dummy);
+            }
+        }
         if (seen_blocks[cls] != sc->in_use || seen_chunks[cls] != sc->chunks) {
             struct chunk dummy = {.cls = cls};
             bad += chunk_complain("class totals differ from its chunks", &dummy);

@@ -62,6 +62,7 @@
  * at most the tail of one 64 KiB unit, and those tail pages are never
  * touched, so they cost address space but no resident memory. */
 #define SMALL_MAX ((size_t)128 << 10)
+#define XFER_SLOTS 8                /* batches parked per class */
 #define NUM_CLASSES 88
 #define CHUNK_MIN_BLOCKS 8
 
@@ -156,8 +157,14 @@ struct size_class {
     uint64_t div_mul;
     struct chunk *partial;          /* chunks with at least one free block */
     struct chunk *spare;            /* one empty chunk kept to avoid churn */
+    /* Whole batches flushed by thread caches, parked as they are so that the
+     * next refill takes one in O(1) without touching any chunk.  Their
+     * blocks still count as in use for their chunks. */
+    unsigned parked;
+    uint16_t parked_count[XFER_SLOTS];
+    void *parked_list[XFER_SLOTS];
     /* statistics, under the lock */
-    size_t in_use, peak, chunks, requested_bytes;
+    size_t in_use, peak, chunks;
 } __attribute__((aligned(64)));
 
 extern struct size_class memalloc_classes[NUM_CLASSES] HIDDEN;
@@ -183,6 +190,9 @@ HIDDEN size_t chunk_release_spares(void);
 HIDDEN size_t chunk_block_size(struct chunk *c, const void *p, const char *func);
 HIDDEN unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n);
 HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n);
+HIDDEN bool chunk_parked_holds(unsigned cls, const void *p);
+HIDDEN size_t chunk_parked_blocks(unsigned cls);    /* class lock held */
+HIDDEN void chunk_unpark_all(void);
 HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
 HIDDEN void chunk_check_begin(void);
 HIDDEN int chunk_check_end(void);

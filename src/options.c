@@ -133,6 +133,7 @@ EXPORT int memalloc_malloc_trim(size_t pad)
     ensure_init();
     if (tcache_current())
         tcache_flush_all(tcache_current());
+    chunk_unpark_all();
     int released = chunk_release_spares() > 0;
     released |= heap_trim(pad);
     return released;
@@ -146,7 +147,7 @@ EXPORT void memalloc_get_stats(struct memalloc_stats *out)
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         struct size_class *sc = &memalloc_classes[c];
         pthread_mutex_lock(&sc->lock);
-        size_t in_use = sc->in_use;
+        size_t in_use = sc->in_use - chunk_parked_blocks(c);
         chunks += sc->chunks;
         pthread_mutex_unlock(&sc->lock);
         /* Blocks in thread caches count as in use for the pool, not for the

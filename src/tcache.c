@@ -32,15 +32,22 @@ static struct tcache *all_caches;
 void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
-/* A bin holds up to 32 KiB of its class (between 4 and 128 blocks), so a
- * thread caches a bounded amount per class however it is used. */
-static uint32_t bin_max(unsigned cls)
+/* A bin starts out holding up to 16 KiB of its class (between 4 and 64
+ * blocks).  A bin that keeps running dry and overflowing in turn, because
+ * the program holds more of the class at once than that, doubles its limit,
+ * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
+ * many operations again.  So a thread caches at most 64 KiB per class, and
+ * only classes it really churns grow past 16 KiB. */
+static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
     if (cls >= TC_CLASSES)
         return 0;
-    size_t n = ((size_t)32 << 10) / memalloc_classes[cls].size;
-    return (uint32_t)(n < 4 ? 4 : n > 128 ? 128 : n);
+    size_t n = bytes / memalloc_classes[cls].size;
+    return (uint16_t)(n < 4 ? 4 : n > most ? most : n);
 }
+
+static uint16_t bin_max(unsigned cls) { return bin_limit(cls, (size_t)16 << 10, 64); }
+static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, 1024); }
 
 /* ---- batches ---------------------------------------------------------------- */
 
@@ -55,6 +62,9 @@ void *tcache_refill(struct tcache *t, unsigned cls)
         p[1] = (void *)memalloc_tc_key;
     b->head = list;
     b->count = got;
+    if (b->count > b->max)          /* a parked batch from a bigger bin */
+        b->max = (uint16_t)b->count;
+    b->refilled = 1;
     return tcache_pop(t, cls);
 }
 
@@ -100,8 +110,9 @@ static bool bin_contains(const struct tbin *b, const void *p)
     return false;
 }
 
-/* Is p sitting in any thread's cache?  Only asked when p carries the free
- * key, so a false alarm costs one scan and is then ignored. */
+/* Is p sitting in any thread's cache, or parked in its class?  Only asked
+ * when p carries the free key, so a false alarm costs one scan and is then
+ * ignored. */
 bool tcache_holds(const void *p)
 {
     bool found = false;
@@ -110,6 +121,11 @@ bool tcache_holds(const void *p)
         for (unsigned c = 0; c < TC_CLASSES && !found; c++)
             found = bin_contains(&t->bins[c], p);
     tcache_list_unlock();
+    if (!found) {
+        void *meta;
+        if (ptr_lookup(p, &meta) == PTR_SMALL)
+            found = chunk_parked_holds(((struct chunk *)meta)->cls, p);
+    }
     return found;
 }
 
@@ -122,7 +138,12 @@ void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *fu
     struct tbin *b = t ? tcache_bin_for(t, p) : NULL;
     if (!b && t && c->cls < TC_CLASSES && t->bins[c->cls].count >= t->bins[c->cls].max) {
         struct tbin *full = &t->bins[c->cls];
-        flush(t, c->cls, full->max / 2 ? full->max / 2 : 1);
+        uint16_t cap = bin_cap(c->cls);
+        if (full->refilled && full->max < cap)      /* thrashing: grow */
+            full->max = (uint16_t)(full->max * 2 < cap ? full->max * 2 : cap);
+        else
+            flush(t, c->cls, full->max / 2 ? full->max / 2 : 1);
+        full->refilled = 0;
         b = tcache_bin_for(t, p);
     }
     if (!b) {                       /* uncached class, or a key lookalike */

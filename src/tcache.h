@@ -30,7 +30,8 @@
 struct tbin {
     void *head;
     uint32_t count;
-    uint32_t max;
+    uint16_t max;                   /* grows while the bin both underflows and overflows */
+    uint16_t refilled;              /* a refill happened since the last overflow */
 };
 
 struct tcache {
