@@ -37,6 +37,8 @@ static struct {
     struct free_span *bins[NUM_BINS];
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
+    uint64_t epoch;                 /* purge passes so far */
+    size_t purge_base;              /* dirty bytes left by the last pass */
     struct heap_stats st;
 } H;
 
@@ -301,16 +303,31 @@ static size_t trim_threshold(void)
     return r > t ? r : t;
 }
 
-/* Give the pages of every dirty free span back with madvise, keeping each
- * span's header page.  They read as zero afterwards. */
-static bool purge_locked(void)
+/* Dirty free space allowed before a purge: the option, or an eighth of the
+ * heap if that is more, so that a big heap that shrinks and regrows does
+ * not pay a madvise and fresh page faults on every cycle, while what stays
+ * resident without being used is bounded by 12.5% of the heap. */
+static size_t purge_threshold(void)
+{
+    size_t t = (size_t)option(OPT_PURGE_THRESHOLD);
+    size_t share = H.st.heap_bytes / 8;
+    return share > t ? share : t;
+}
+
+/* Give the pages of dirty free spans back with madvise, keeping each
+ * span's header page; they read as zero afterwards.  A pass spares what was
+ * freed since the previous pass, which a program that shrinks and regrows
+ * is about to reuse: only memory that stayed free for a whole pass interval
+ * goes (a decay measured in purge passes, not seconds).  all: every span. */
+static bool purge_locked(bool all)
 {
     bool any = false;
     int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
+    H.epoch++;
     for (unsigned b = 0; b < NUM_BINS; b++) {
         for (struct free_span *f = H.bins[b]; f; f = f->next) {
             size_t len = span_bytes(&f->s) - PAGE;
-            if (f->dirty == 0 || len == 0)
+            if (f->dirty == 0 || len == 0 || (!all && f->dirty_since + 1 >= H.epoch))
                 continue;
             if (madvise((char *)f + PAGE, len, advice) == 0) {
                 H.st.released_madvise += len;
@@ -320,7 +337,16 @@ static bool purge_locked(void)
             }
         }
     }
+    H.purge_base = H.dirty_free;
     return any;
+}
+
+/* Merged dirt is as old as its oldest part, so it is purged no later. */
+static void merge_dirt(struct free_span *into, const struct free_span *from)
+{
+    if (from->dirty && (!into->dirty || from->dirty_since < into->dirty_since))
+        into->dirty_since = from->dirty_since;
+    into->dirty += from->dirty;
 }
 
 /* Mark s free with `dirty` of its bytes possibly resident, merge it with
@@ -332,12 +358,13 @@ static void release_locked(struct span *s, size_t dirty)
     struct free_span *f = (struct free_span *)s;
     s->kind = SPAN_FREE;
     f->dirty = dirty;
+    f->dirty_since = H.epoch;
     struct span *n = span_after(s);
     if (n && n->kind == SPAN_FREE) {
         bin_remove(n);
         s->units += n->units;
         s->flags |= n->flags & SPAN_SEG_END;
-        f->dirty += ((struct free_span *)n)->dirty;
+        merge_dirt(f, (struct free_span *)n);
         map_set(n, MAP_NONE);
         if (H.top == n)
             H.top = s;
@@ -347,7 +374,7 @@ static void release_locked(struct span *s, size_t dirty)
         bin_remove(p);
         p->units += s->units;
         p->flags |= s->flags & SPAN_SEG_END;
-        ((struct free_span *)p)->dirty += f->dirty;
+        merge_dirt((struct free_span *)p, f);
         map_set(s, MAP_NONE);
         if (H.top == s)
             H.top = p;
@@ -358,8 +385,8 @@ static void release_locked(struct span *s, size_t dirty)
     bin_insert(s);
     if (s == H.top && span_bytes(s) >= trim_threshold())
         shrink_top((size_t)option(OPT_TOP_PAD));
-    if (H.dirty_free > (size_t)option(OPT_PURGE_THRESHOLD))
-        purge_locked();
+    if (H.dirty_free > H.purge_base + purge_threshold())
+        purge_locked(false);
 }
 
 /* Bytes of a free span about to be reused that may hold old data: all of
@@ -376,6 +403,11 @@ static size_t purged_dirty(const struct span *s)
 static void release_used(struct span *s)
 {
     release_locked(s, span_bytes(s));
+}
+
+static size_t pad_units(void)
+{
+    return ((size_t)option(OPT_TOP_PAD) + UNIT - 1) >> UNIT_SHIFT;
 }
 
 /*
@@ -396,9 +428,13 @@ static struct span *alloc_locked(size_t units, size_t *dirty)
         *dirty = purged_dirty(s);
         s->units = units;
     } else if (H.top && H.top->kind != SPAN_FREE &&
-               extend_top(units << UNIT_SHIFT)) {
-        s = (struct span *)(H.end - (units << UNIT_SHIFT));
-        s->units = units;
+               extend_top((units + pad_units()) << UNIT_SHIFT)) {
+        /* Grown by the top pad beyond the need, as glibc does, so that a
+         * run of small growths takes fewer trips through sbrk; the extra
+         * stays free (and untouched) on top. */
+        size_t got = units + pad_units();
+        s = (struct span *)(H.end - (got << UNIT_SHIFT));
+        s->units = got;
         s->prev_units = H.top->units;
         s->flags = 0;
         H.top = s;
@@ -576,7 +612,7 @@ int heap_trim(size_t pad)
     heap_lock();
     bool released = shrink_top(pad);
     /* Free space below the top cannot go back with sbrk: madvise it. */
-    released |= purge_locked();
+    released |= purge_locked(true);
     heap_unlock();
     return released;
 }

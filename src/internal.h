@@ -88,6 +88,7 @@ struct free_span {
     struct span s;
     struct free_span *next, *prev;
     size_t dirty;                   /* bytes that may still be resident */
+    uint64_t dirty_since;           /* purge epoch in which it became dirty */
 };
 
 /* A large block: one allocation.  The user pointer sits user_off bytes

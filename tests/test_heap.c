@@ -385,6 +385,75 @@ static void phase_foreign(void)
 
 /* ---- 6: the whole heap given back ------------------------------------------- */
 
+/* ---- 6: purging free space in the middle, with decay ---------------------- */
+
+static bool span_pages_zero(const void *span, size_t units)
+{
+    const unsigned char *p = (const unsigned char *)span + PAGE;
+    for (size_t i = 0; i < units * U - PAGE; i += 512)
+        if (p[i] != 0)
+            return false;
+    return true;
+}
+
+/* Free space below the top is madvised only once the dirty total passes the
+ * purge threshold, and a pass spares what was freed since the previous pass:
+ * a span goes at the second pass after it was freed.  Purged pages read as
+ * zero, which calloc relies on. */
+static void phase_purge(void)
+{
+    if (UNDER_VALGRIND())           /* its ~8 MiB break cannot hold enough passes */
+        return;
+    long saved = memalloc_options[OPT_PURGE_THRESHOLD];
+    memalloc_options[OPT_PURGE_THRESHOLD] = 4 * U;  /* below heap/8 here */
+    enum { N = 8 };
+    void *blk[N], *pin[N];
+    for (int i = 0; i < N; i++) {
+        blk[i] = large(8);          /* 512 KiB each, filled */
+        memset(blk[i], 0xa5, 8 * U - LARGE_HDR);
+        pin[i] = large(1);          /* keeps the frees from coalescing */
+    }
+    struct memalloc_stats st0, st1;
+    memalloc_get_stats(&st0);
+    struct span *first = &hdr_of(blk[0])->s;
+    lfree(blk[0]);
+    CHECK(first->kind == SPAN_FREE && ((struct free_span *)first)->dirty > 0,
+          "a freed middle span is not dirty free space");
+    CHECK(!span_pages_zero(first, 8), "a freed span was purged at once");
+    /* Every further free adds 512 KiB of dirt: enough passes to age blk[0]. */
+    for (int i = 1; i < N; i++)
+        lfree(blk[i]);
+    memalloc_get_stats(&st1);
+    CHECK(((struct free_span *)first)->dirty == 0, "the oldest free span was never purged");
+    CHECK(span_pages_zero(first, 8), "a purged span does not read as zero");
+    CHECK(st1.free_bytes >= 8 * 8 * U, "free bytes %zu after freeing 4 MiB", st1.free_bytes);
+    struct span *last = &hdr_of(blk[N - 1])->s;
+    CHECK(((struct free_span *)last)->dirty > 0, "the span freed last was purged at once");
+    CHECK_HEAP("purge passes");
+
+    /* calloc over purged and over dirty space both read zero. */
+    for (int i = 0; i < N; i++) {
+        char *z = memalloc_calloc(8 * U - LARGE_HDR, 1);
+        CHECK(z != NULL, "calloc(512 KiB)");
+        if (!z)
+            break;
+        for (size_t k = 0; k < 8 * U - LARGE_HDR; k += 256)
+            if (z[k]) {
+                CHECK(0, "calloc block %d byte %zu is %d", i, k, z[k]);
+                break;
+            }
+        blk[i] = z;
+    }
+    for (int i = 0; i < N; i++) {
+        if (blk[i])
+            memalloc_free(blk[i]);
+        lfree(pin[i]);
+    }
+    CHECK(memalloc_malloc_trim(0) == 1, "malloc_trim(0) released nothing");
+    memalloc_options[OPT_PURGE_THRESHOLD] = saved;
+    CHECK_HEAP("after the purge phase");
+}
+
 static void phase_empty_heap_child(void)
 {
     pid_t pid = fork();
@@ -454,6 +523,7 @@ int main(void)
     phase_aligned();
     phase_best_fit();
     phase_foreign();
+    phase_purge();
 
     return check_report(__FILE__);
 }
