@@ -192,6 +192,17 @@ static struct size_class *lock_class_of(struct chunk *c, const void *p, const ch
 
 size_t chunk_block_size(struct chunk *c, const void *p, const char *func)
 {
+    /* The common case without the lock: p is a carved block of c whose bit
+     * says in use.  The bit of a block the caller owns cannot change under
+     * us; a racing batch may rewrite the other bits of the word, hence the
+     * atomic read.  Anything else takes the locked path, which reports. */
+    if (c->s.kind == SPAN_CHUNK) {
+        uintptr_t off = (uintptr_t)p - (uintptr_t)c - c->data_off;
+        size_t idx = block_index(c, off);
+        if (idx * c->size == off && idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
+            ((__atomic_load_n(&c->used_map[idx / 64], __ATOMIC_RELAXED) >> (idx % 64)) & 1))
+            return c->size;
+    }
     struct size_class *sc = lock_class_of(c, p, func);
     checked_index(sc, c, p, func);
     size_t size = c->size;
