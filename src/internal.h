@@ -264,6 +264,7 @@ enum option_id {
     OPT_TCACHE,                     /* per-thread caches on (1) or off (0) */
     OPT_PURGE_THRESHOLD,            /* dirty free bytes that trigger madvise */
     OPT_PURGE_LAZY,                 /* MADV_FREE (1) instead of MADV_DONTNEED */
+    OPT_PURGE_SHARE,                /* passes at least heap/N apart (0: off) */
     OPT_RETAIN_MAX,                 /* cap of the top space kept after big frees */
     OPT_COUNT
 };
