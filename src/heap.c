@@ -304,16 +304,20 @@ static size_t trim_threshold(void)
 }
 
 /* Dirty free space between purge passes: the option, or 1/N of the heap
- * (MEMALLOC_PURGE_SHARE, 8 by default) if that is more, so that a big heap
- * that shrinks and regrows does not pay a madvise and fresh page faults on
- * every cycle.  Measured on bench/workloads/cache.c: 1/8 makes it 20% faster
- * than purging every 2 MiB, and leaves 75 MB resident after its last
- * eviction instead of 53 MB. */
+ * (MEMALLOC_PURGE_SHARE, 8 by default) up to 32 MiB if that is more, so
+ * that a big heap that shrinks and regrows does not pay a madvise and fresh
+ * page faults on every cycle.  Measured on bench/workloads/cache.c: 1/8
+ * makes it 20% faster than purging every 2 MiB, and leaves 75 MB resident
+ * after its last eviction instead of 53 MB; the cap keeps what a huge heap
+ * holds back bounded (two passes' worth at most). */
+#define PURGE_SHARE_CAP ((size_t)32 << 20)
 static size_t purge_threshold(void)
 {
     size_t t = (size_t)option(OPT_PURGE_THRESHOLD);
     long div = option(OPT_PURGE_SHARE);
     size_t share = div > 0 ? H.st.heap_bytes / (size_t)div : 0;
+    if (share > PURGE_SHARE_CAP)
+        share = PURGE_SHARE_CAP;
     return share > t ? share : t;
 }
 

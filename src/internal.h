@@ -62,7 +62,7 @@
  * at most the tail of one 64 KiB unit, and those tail pages are never
  * touched, so they cost address space but no resident memory. */
 #define SMALL_MAX ((size_t)128 << 10)
-#define XFER_SLOTS 8                /* batches parked per class */
+#define XFER_SLOTS 4                /* batches parked per class */
 #define NUM_CLASSES 88
 #define CHUNK_MIN_BLOCKS 8
 
