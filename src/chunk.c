@@ -1,6 +1,8 @@
 /*
  * chunk.c - small blocks: each size class carves equal blocks out of chunks
- * taken from the heap, and keeps the chunks that have room on a list.
+ * taken from the heap, keeps the chunks that have room on a list, and trades
+ * blocks with the thread caches in batches (parking whole batches that one
+ * thread flushed for the next thread that refills).
  *
  * Invariants, under the class lock (checked by chunk_check):
  *   - a chunk's blocks below `carved` are either in use (bit set in
