@@ -9,6 +9,8 @@
  *     used_map) or on its free list, never both; blocks from `carved` up
  *     were never handed out;
  *   - in_use == popcount(used_map), in_use + free-list length == carved;
+ *     "in use" covers blocks held by the program, by thread caches and in
+ *     parked batches alike;
  *   - a chunk is on its class's partial list exactly when it has room and
  *     is not the class's spare; an empty chunk is either the spare or given
  *     back to the heap at once.
