@@ -97,7 +97,7 @@ struct free_span {
 struct large_block {
     struct span s;
     size_t user_off;
-    size_t requested;               /* for statistics and usable size */
+    size_t requested;               /* what was asked for: perturb fills, checks */
 };
 #define LARGE_HDR 64u
 
