@@ -1,24 +1,30 @@
 /*
  * chunk.c - small blocks: each size class carves equal blocks out of chunks
- * taken from the heap, keeps the chunks that have room on a list, and trades
+ * taken from the heap, keeps the chunks that have room on a list, trades
  * blocks with the thread caches in batches (parking whole batches that one
- * thread flushed for the next thread that refills).
+ * thread flushed for the next thread that refills), and gives the pages of
+ * free blocks back to the kernel.
  *
  * Invariants, under the class lock (checked by chunk_check):
- *   - a chunk's blocks below `carved` are either in use (bit set in
- *     used_map) or on its free list, never both; blocks from `carved` up
- *     were never handed out;
- *   - in_use == popcount(used_map), in_use + free-list length == carved;
- *     "in use" covers blocks held by the program, by thread caches and in
- *     parked batches alike;
+ *   - a block is in use (bit set in used_map) or free; "in use" covers
+ *     blocks held by the program, by thread caches and in parked batches
+ *     alike; blocks from `carved` up were never handed out;
+ *   - in_use == popcount(used_map); no free block sits below word `hint`;
+ *   - a page set in purged_map holds only free blocks and was given back
+ *     with madvise; purged == popcount(purged_map); fast_limit is 0 while
+ *     purged != 0 and carved otherwise;
  *   - a chunk is on its class's partial list exactly when it has room and
  *     is not the class's spare; an empty chunk is either the spare or given
- *     back to the heap at once.
- * The bitmap is what makes double frees and interior pointers detectable
+ *     back to the heap at once;
+ *   - a chunk is on its class's dirty list exactly when dirty_epoch != 0.
+ * Free blocks on pages that are not purged carry the thread-cache key in
+ * their second word, so that freeing one again is noticed on the lock-free
+ * path; the bitmap is what decides double frees and interior pointers
  * without a per-block header.
  */
 #define _GNU_SOURCE
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 #include "tcache.h"
@@ -26,6 +32,11 @@
 static inline size_t block_index(const struct chunk *c, uintptr_t off)
 {
     return (size_t)((off * c->div_mul) >> 40);
+}
+
+static inline bool bit_get(const uint64_t *map, size_t i)
+{
+    return (map[i / 64] >> (i % 64)) & 1;
 }
 
 static void partial_push(struct size_class *sc, struct chunk *c)
@@ -46,6 +57,132 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
     if (c->next)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
+}
+
+/* ---- purging: free pages inside chunks go back with madvise --------------- */
+
+/* Passes so far; a chunk records the pass interval in which it first got a
+ * block back, and a pass spares chunks dirtied since the previous pass
+ * (the same decay, counted in passes, as the heap's free spans). */
+static uint32_t purge_epoch = 1;
+static size_t purged_bytes;         /* statistics, atomic */
+
+static void dirty_mark(struct size_class *sc, struct chunk *c)
+{
+    if (c->dirty_epoch)
+        return;
+    c->dirty_epoch = __atomic_load_n(&purge_epoch, __ATOMIC_RELAXED);
+    c->dirty_prev = NULL;
+    c->dirty_next = sc->dirty;
+    if (c->dirty_next)
+        c->dirty_next->dirty_prev = c;
+    sc->dirty = c;
+}
+
+static void dirty_clear(struct size_class *sc, struct chunk *c)
+{
+    if (!c->dirty_epoch)
+        return;
+    if (c->dirty_prev)
+        c->dirty_prev->dirty_next = c->dirty_next;
+    else
+        sc->dirty = c->dirty_next;
+    if (c->dirty_next)
+        c->dirty_next->dirty_prev = c->dirty_prev;
+    c->dirty_next = c->dirty_prev = NULL;
+    c->dirty_epoch = 0;
+}
+
+/* Are blocks lo..hi (inclusive) all free? */
+static bool all_free(const struct chunk *c, size_t lo, size_t hi)
+{
+    for (size_t w = lo / 64; w <= hi / 64; w++) {
+        uint64_t mask = ~(uint64_t)0;
+        if (w == lo / 64)
+            mask &= ~(uint64_t)0 << (lo % 64);
+        if (w == hi / 64 && hi % 64 != 63)
+            mask &= ((uint64_t)1 << (hi % 64 + 1)) - 1;
+        if (c->used_map[w] & mask)
+            return false;
+    }
+    return true;
+}
+
+static void give_back(char *from, char *to)
+{
+    if (from == to)
+        return;
+    int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
+    if (madvise(from, (size_t)(to - from), advice) == 0)
+        __atomic_add_fetch(&purged_bytes, (size_t)(to - from), __ATOMIC_RELAXED);
+}
+
+/* madvise every page of c that holds only free blocks and may hold data,
+ * in runs.  The header page stays.  Class lock held: a block cannot be
+ * taken from a page while it is being purged. */
+static void purge_chunk(struct chunk *c)
+{
+    const size_t npages = c->s.units * (UNIT / PAGE);
+    size_t end = npages;
+    if (c->fresh) {     /* pages above the carved blocks were never touched */
+        size_t touched = c->data_off + (size_t)c->carved * c->size;
+        end = (touched + PAGE - 1) / PAGE;
+    }
+    char *run = NULL;
+    for (size_t pg = (c->data_off + PAGE - 1) / PAGE; pg < end; pg++) {
+        size_t lo = (pg * PAGE - c->data_off) / c->size;
+        size_t hi = ((pg + 1) * PAGE - 1 - c->data_off) / c->size;
+        if (hi >= c->capacity)
+            hi = c->capacity - 1;
+        bool take = !bit_get(c->purged_map, pg) && lo <= hi && all_free(c, lo, hi);
+        if (take) {
+            c->purged_map[pg / 64] |= (uint64_t)1 << (pg % 64);
+            c->purged++;
+            if (!run)
+                run = (char *)c + pg * PAGE;
+        } else if (run) {
+            give_back(run, (char *)c + pg * PAGE);
+            run = NULL;
+        }
+    }
+    if (run)
+        give_back(run, (char *)c + end * PAGE);
+    if (c->purged)
+        __atomic_store_n(&c->fast_limit, 0, __ATOMIC_RELAXED);
+}
+
+/* Purge the chunks of every class that have stayed dirty for a whole pass
+ * interval (all: every dirty chunk).  One class lock at a time; the pass
+ * itself is started by heap.c's purge_maybe. */
+void chunk_purge_pass(bool all)
+{
+    uint32_t epoch = __atomic_add_fetch(&purge_epoch, 1, __ATOMIC_RELAXED);
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
+        struct size_class *sc = &memalloc_classes[cls];
+        if (!__atomic_load_n(&sc->dirty, __ATOMIC_RELAXED))
+            continue;
+        pthread_mutex_lock(&sc->lock);
+        for (struct chunk *c = sc->dirty, *next; c; c = next) {
+            next = c->dirty_next;
+            if (all || c->dirty_epoch + 1 < epoch) {
+                purge_chunk(c);
+                dirty_clear(sc, c);
+            }
+        }
+        pthread_mutex_unlock(&sc->lock);
+    }
+}
+
+/* Called with no lock held after bytes went back to chunks. */
+static void maybe_purge(size_t bytes)
+{
+    purge_note(bytes);
+    purge_maybe();
+}
+
+size_t chunk_purged_bytes(void)
+{
+    return __atomic_load_n(&purged_bytes, __ATOMIC_RELAXED);
 }
 
 /* ---- slow path: a new chunk for the class ------------------------------- */
@@ -69,13 +206,19 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     c->capacity = sc->capacity;
     c->in_use = 0;
     c->carved = 0;
-    c->free_list = NULL;
+    c->fast_limit = 0;
+    c->hint = 0;
+    c->purged = 0;
+    c->dirty_epoch = 0;
+    c->dirty_next = c->dirty_prev = NULL;
     c->data_off = sc->data_off;
     c->div_mul = sc->div_mul;
     c->size = sc->size;
     c->fresh = fresh;
-    if (!fresh)
+    if (!fresh) {
         memset(c->used_map, 0, sizeof c->used_map);
+        memset(c->purged_map, 0, sizeof c->purged_map);
+    }
     /* Publishing the chunk in the map last: free() trusts these bytes. */
     size_t u = unit_index((uintptr_t)c);
     for (size_t k = 0; k < sc->units; k++)
@@ -85,8 +228,23 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     return c;
 }
 
+/* The chunk's pages that may still be resident: what its retirement adds
+ * to the free memory waiting for a purge pass.  Counting freed bytes alone
+ * would miss that freeing one small block can leave a whole page free. */
+static size_t resident_estimate(const struct chunk *c)
+{
+    size_t pages = c->s.units * (UNIT / PAGE);
+    if (c->fresh) {
+        size_t touched = (c->data_off + (size_t)c->carved * c->size + PAGE - 1) / PAGE;
+        pages = touched < pages ? touched : pages;
+    }
+    return (pages > c->purged ? pages - c->purged : 1) * PAGE;
+}
+
 static void chunk_retire(struct size_class *sc, struct chunk *c)
 {
+    purge_note(resident_estimate(c));
+    dirty_clear(sc, c);
     size_t u = unit_index((uintptr_t)c);
     for (size_t k = 1; k < c->s.units; k++)
         memalloc_unit_map[u + k] = MAP_NONE;
@@ -96,39 +254,66 @@ static void chunk_retire(struct size_class *sc, struct chunk *c)
 
 /* ---- taking and putting back blocks (class lock held) -------------------- */
 
-static inline void *take_block(struct chunk *c)
+/* Taking block idx out of a purged page makes the page live again. */
+static NOINLINE void unpurge(struct chunk *c, size_t idx)
 {
-    void *p = c->free_list;
-    size_t idx;
-    if (p) {
-        c->free_list = *(void **)p;
-        idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
-    } else {
-        idx = c->carved;
-        p = (char *)c + c->data_off + idx * c->size;
-        __atomic_store_n(&c->carved, c->carved + 1, __ATOMIC_RELAXED);
+    size_t first = (c->data_off + idx * c->size) / PAGE;
+    size_t last = (c->data_off + (idx + 1) * c->size - 1) / PAGE;
+    for (size_t pg = first; pg <= last; pg++) {
+        if (bit_get(c->purged_map, pg)) {
+            c->purged_map[pg / 64] &= ~((uint64_t)1 << (pg % 64));
+            c->purged--;
+        }
     }
-    c->used_map[idx / 64] |= (uint64_t)1 << (idx % 64);
-    c->in_use++;
-    return p;
+    if (!c->purged)
+        __atomic_store_n(&c->fast_limit, c->carved, __ATOMIC_RELAXED);
 }
 
-/* p's bit is already clear.  Free blocks carry the key in their second word
- * so that freeing one again is noticed on the lock-free path too. */
-static inline void put_back(struct size_class *sc, struct chunk *c, void *p)
+/* The lowest free block: keeping the low blocks busy leaves whole pages
+ * free at the high end, where they can be purged.  *was_carved tells
+ * whether the block had been handed out before. */
+static inline void *take_block(struct chunk *c, bool *was_carved)
 {
-    void **q = p;
-    q[0] = c->free_list;
-    q[1] = (void *)memalloc_tc_key;
-    c->free_list = p;
+    size_t w = c->hint;
+    while (c->used_map[w] == ~(uint64_t)0)
+        w++;
+    c->hint = (uint32_t)w;
+    size_t idx = w * 64 + (size_t)__builtin_ctzll(~c->used_map[w]);
+    c->used_map[w] |= (uint64_t)1 << (idx % 64);
+    c->in_use++;
+    *was_carved = idx < c->carved;
+    if (!*was_carved) {
+        __atomic_store_n(&c->carved, (uint32_t)idx + 1, __ATOMIC_RELAXED);
+        if (!c->purged)
+            __atomic_store_n(&c->fast_limit, c->carved, __ATOMIC_RELAXED);
+    }
+    if (unlikely(c->purged))
+        unpurge(c, idx);
+    return (char *)c + c->data_off + idx * c->size;
+}
+
+/* Block idx (p) is in use; mark it free.  Free blocks carry the key in their
+ * second word so that freeing one again is noticed on the lock-free path. */
+static inline void put_back(struct size_class *sc, struct chunk *c, void *p, size_t idx)
+{
+    c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
+    if (idx / 64 < c->hint)
+        c->hint = (uint32_t)(idx / 64);
+    ((void **)p)[1] = (void *)memalloc_tc_key;
+    dirty_mark(sc, c);
     if (c->in_use-- == c->capacity)
         partial_push(sc, c);
     if (unlikely(c->in_use == 0)) {
+        /* The spare is the lowest empty chunk: a high one would keep the
+         * heap from shrinking once a program has freed everything. */
         partial_remove(sc, c);
-        if (!sc->spare)
+        struct chunk *other = c;
+        if (!sc->spare || c < sc->spare) {
+            other = sc->spare;
             sc->spare = c;
-        else
-            chunk_retire(sc, c);
+        }
+        if (other)
+            chunk_retire(sc, other);
     }
 }
 
@@ -146,8 +331,9 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
             return NULL;
         }
     }
-    *zeroed = !c->free_list && c->fresh;
-    void **p = take_block(c);
+    bool was_carved;
+    void **p = take_block(c, &was_carved);
+    *zeroed = !was_carved && c->fresh;
     if (!*zeroed)
         p[1] = NULL;                /* drop the free key */
     if (c->in_use == c->capacity)
@@ -194,19 +380,24 @@ static struct size_class *lock_class_of(struct chunk *c, const void *p, const ch
     return sc;
 }
 
+/* Is p a carved block of c whose bit says in use?  Without the lock: the
+ * bit of a block the caller owns cannot change under us; a racing batch may
+ * rewrite the other bits of the word, hence the atomic read. */
+bool chunk_block_live(const struct chunk *c, const void *p)
+{
+    if (c->s.kind != SPAN_CHUNK)
+        return false;
+    uintptr_t off = (uintptr_t)p - (uintptr_t)c - c->data_off;
+    size_t idx = block_index(c, off);
+    return idx * c->size == off && idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
+           ((__atomic_load_n(&c->used_map[idx / 64], __ATOMIC_RELAXED) >> (idx % 64)) & 1);
+}
+
 size_t chunk_block_size(struct chunk *c, const void *p, const char *func)
 {
-    /* The common case without the lock: p is a carved block of c whose bit
-     * says in use.  The bit of a block the caller owns cannot change under
-     * us; a racing batch may rewrite the other bits of the word, hence the
-     * atomic read.  Anything else takes the locked path, which reports. */
-    if (c->s.kind == SPAN_CHUNK) {
-        uintptr_t off = (uintptr_t)p - (uintptr_t)c - c->data_off;
-        size_t idx = block_index(c, off);
-        if (idx * c->size == off && idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
-            ((__atomic_load_n(&c->used_map[idx / 64], __ATOMIC_RELAXED) >> (idx % 64)) & 1))
-            return c->size;
-    }
+    /* Anything but the common case takes the locked path, which reports. */
+    if (chunk_block_live(c, p))
+        return c->size;
     struct size_class *sc = lock_class_of(c, p, func);
     checked_index(sc, c, p, func);
     size_t size = c->size;
@@ -220,13 +411,14 @@ void chunk_free(struct chunk *c, void *p, const char *func)
 {
     struct size_class *sc = lock_class_of(c, p, func);
     size_t idx = checked_index(sc, c, p, func);
-    c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
     long perturb = option(OPT_PERTURB);
     if (unlikely(perturb))
         memset(p, (int)(perturb & 0xff), c->size);
     sc->in_use--;
-    put_back(sc, c, p);
+    size_t size = c->size;
+    put_back(sc, c, p, idx);
     pthread_mutex_unlock(&sc->lock);
+    maybe_purge(size);
 }
 
 /* ---- batches for the thread caches ---------------------------------------- */
@@ -239,6 +431,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     void *head = NULL, **tail = &head;
     unsigned got = 0;
     pthread_mutex_lock(&sc->lock);
+    __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     if (sc->parked) {
         /* A parked batch goes out whole, whatever n says. */
         sc->parked--;
@@ -252,7 +445,8 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         if (!c && !(c = chunk_new(sc, cls)))
             break;
         while (got < n && c->in_use < c->capacity) {
-            void *p = take_block(c);
+            bool was_carved;
+            void *p = take_block(c, &was_carved);
             *tail = p;
             tail = (void **)p;
             got++;
@@ -281,9 +475,7 @@ static void return_list(struct size_class *sc, void *list, unsigned n)
             fatal_pointer("free", "invalid pointer", p);
         }
         struct chunk *c = meta;
-        size_t idx = checked_index(sc, c, p, "free");
-        c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
-        put_back(sc, c, p);
+        put_back(sc, c, p, checked_index(sc, c, p, "free"));
     }
     sc->in_use -= n;
 }
@@ -294,6 +486,7 @@ static void return_list(struct size_class *sc, void *list, unsigned n)
 void chunk_free_batch(unsigned cls, void *list, unsigned n)
 {
     struct size_class *sc = &memalloc_classes[cls];
+    bool returned = false;
     pthread_mutex_lock(&sc->lock);
     if (sc->parked < XFER_SLOTS) {
         sc->parked_list[sc->parked] = list;
@@ -301,23 +494,35 @@ void chunk_free_batch(unsigned cls, void *list, unsigned n)
         sc->parked++;
     } else {
         return_list(sc, list, n);
+        returned = true;
     }
     pthread_mutex_unlock(&sc->lock);
+    if (returned)
+        maybe_purge((size_t)n * sc->size);
 }
 
-/* Empty every class's parking slots into the chunks (malloc_trim), so that
- * empty chunks can go back to the heap. */
+/* Empty the class's parking slots into its chunks, so that chunks that
+ * only parked blocks kept alive can go back to the heap: nobody is taking
+ * the batches (a thread cache gave up on the class) or malloc_trim asks. */
+void chunk_unpark(unsigned cls)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    size_t n = 0;
+    pthread_mutex_lock(&sc->lock);
+    while (sc->parked) {
+        sc->parked--;
+        n += sc->parked_count[sc->parked];
+        return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked]);
+    }
+    pthread_mutex_unlock(&sc->lock);
+    if (n)
+        maybe_purge(n * sc->size);
+}
+
 void chunk_unpark_all(void)
 {
-    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
-        struct size_class *sc = &memalloc_classes[cls];
-        pthread_mutex_lock(&sc->lock);
-        while (sc->parked) {
-            sc->parked--;
-            return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked]);
-        }
-        pthread_mutex_unlock(&sc->lock);
-    }
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++)
+        chunk_unpark(cls);
 }
 
 size_t chunk_parked_blocks(unsigned cls)
@@ -446,20 +651,34 @@ int chunk_check(struct chunk *c)
         bits += (size_t)__builtin_popcountll(c->used_map[i]);
     if (bits != c->in_use)
         bad += chunk_complain("bitmap population differs from in_use", c);
-    size_t listed = 0;
-    uintptr_t lo = (uintptr_t)c + c->data_off;
-    for (void *p = c->free_list; p; p = *(void **)p) {
-        uintptr_t off = (uintptr_t)p - lo;
-        size_t idx = block_index(c, off);
-        if ((uintptr_t)p < lo || idx * c->size != off || idx >= c->carved)
-            return bad + chunk_complain("free list leaves the chunk", c);
-        if (c->used_map[idx / 64] & ((uint64_t)1 << (idx % 64)))
-            bad += chunk_complain("block both free and in use", c);
-        if (++listed > c->carved)
-            return bad + chunk_complain("free list has a cycle", c);
+    for (size_t i = c->carved; i < c->capacity; i++)
+        if (bit_get(c->used_map, i))
+            return bad + chunk_complain("block past carved in use", c);
+    for (size_t w = 0; w < c->hint; w++)
+        if (c->used_map[w] != ~(uint64_t)0)
+            bad += chunk_complain("free block below the hint", c);
+    size_t purged = 0;
+    for (size_t pg = 0; pg < c->s.units * (UNIT / PAGE); pg++) {
+        if (!bit_get(c->purged_map, pg))
+            continue;
+        purged++;
+        size_t lo = (pg * PAGE - c->data_off) / c->size;
+        size_t hi = ((pg + 1) * PAGE - 1 - c->data_off) / c->size;
+        if (hi >= c->capacity)
+            hi = c->capacity - 1;
+        if (pg * PAGE < c->data_off || (lo <= hi && !all_free(c, lo, hi)))
+            bad += chunk_complain("purged page holds a block in use", c);
     }
-    if (listed + c->in_use != c->carved)
-        bad += chunk_complain("free list plus in_use differ from carved", c);
+    if (purged != c->purged)
+        bad += chunk_complain("purged page count is wrong", c);
+    if (c->fast_limit != (c->purged ? 0 : c->carved))
+        bad += chunk_complain("fast-path limit disagrees with carved and purged", c);
+    bool on_dirty = false;
+    for (const struct chunk *q = sc->dirty; q; q = q->dirty_next)
+        if (q == c)
+            on_dirty = true;
+    if (on_dirty != (c->dirty_epoch != 0))
+        bad += chunk_complain("dirty list membership wrong", c);
     bool on_partial = false;
     for (const struct chunk *q = sc->partial; q; q = q->next)
         if (q == c)

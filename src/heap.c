@@ -38,7 +38,6 @@ static struct {
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
     uint64_t epoch;                 /* purge passes so far */
-    size_t purge_base;              /* dirty bytes left by the last pass */
     struct heap_stats st;
 } H;
 
@@ -303,19 +302,31 @@ static size_t trim_threshold(void)
     return r > t ? r : t;
 }
 
-/* Dirty free space between purge passes: the option, or 1/N of the heap
- * (MEMALLOC_PURGE_SHARE, 8 by default) up to 32 MiB if that is more, so
- * that a big heap that shrinks and regrows does not pay a madvise and fresh
- * page faults on every cycle.  Measured on bench/workloads/cache.c: 1/8
- * makes it 20% faster than purging every 2 MiB, and leaves 75 MB resident
- * after its last eviction instead of 53 MB; the cap keeps what a huge heap
- * holds back bounded (two passes' worth at most). */
+/* Free memory that may wait for a purge pass: the option, or 1/N of the
+ * bytes in use (MEMALLOC_PURGE_SHARE, 16 by default) up to
+ * 32 MiB if that is more, so that a big heap that shrinks and regrows does
+ * not pay a madvise and fresh page faults on every cycle (measured on
+ * bench/workloads/cache.c, see README).  Of what is in use, not of the heap:
+ * a program that has freed nearly everything is held to the plain option.
+ * Read without locks (it only steers when passes run); blocks in thread
+ * caches count as in use. */
 #define PURGE_SHARE_CAP ((size_t)32 << 20)
-static size_t purge_threshold(void)
+static size_t live_bytes(void)
+{
+    size_t live = __atomic_load_n(&H.st.large_in_use, __ATOMIC_RELAXED);
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        live += __atomic_load_n(&memalloc_classes[c].in_use, __ATOMIC_RELAXED) *
+                memalloc_classes[c].size;
+    return live;
+}
+
+static size_t threshold_for(size_t live)
 {
     size_t t = (size_t)option(OPT_PURGE_THRESHOLD);
     long div = option(OPT_PURGE_SHARE);
-    size_t share = div > 0 ? H.st.heap_bytes / (size_t)div : 0;
+    if (div <= 0)
+        return t;
+    size_t share = live / (size_t)div;
     if (share > PURGE_SHARE_CAP)
         share = PURGE_SHARE_CAP;
     return share > t ? share : t;
@@ -344,8 +355,55 @@ static bool purge_locked(bool all)
             }
         }
     }
-    H.purge_base = H.dirty_free;
     return any;
+}
+
+/* ---- when to purge --------------------------------------------------------- */
+
+/* Bytes that became free since the last pass, in chunks or as free spans:
+ * one count, so that free memory waiting for a pass is bounded by one
+ * threshold whichever way it was freed. */
+static size_t dirty_pending;        /* atomic */
+static size_t next_look;            /* atomic: pending worth a look at the threshold */
+static int pass_running;            /* atomic */
+
+void purge_note(size_t bytes)
+{
+    __atomic_add_fetch(&dirty_pending, bytes, __ATOMIC_RELAXED);
+}
+
+/* Called with no lock held.  A pass spares memory freed since the previous
+ * pass (it may be about to be reused) only while the program's use of the
+ * heap is not shrinking: a program that is freeing a big structure will not
+ * reuse it, and memory that waits for the next pass may wait forever if
+ * that was the program's last free.  The threshold costs a walk over the
+ * classes, so it is looked at again only when pending has covered half the
+ * distance to it. */
+void purge_maybe(void)
+{
+    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED);
+    if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
+               pending < (size_t)option(OPT_PURGE_THRESHOLD)))
+        return;
+    size_t live = live_bytes();
+    size_t threshold = threshold_for(live);
+    if (pending < threshold) {
+        __atomic_store_n(&next_look, pending + (threshold - pending) / 2 + PAGE,
+                         __ATOMIC_RELAXED);
+        return;
+    }
+    if (__atomic_exchange_n(&pass_running, 1, __ATOMIC_ACQUIRE))
+        return;
+    __atomic_store_n(&dirty_pending, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
+    static size_t live_at_pass;     /* under pass_running */
+    bool all = live < live_at_pass;
+    live_at_pass = live;
+    chunk_purge_pass(all);
+    heap_lock();
+    purge_locked(all);
+    heap_unlock();
+    __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
 }
 
 /* Merged dirt is as old as its oldest part, so it is purged no later. */
@@ -392,8 +450,6 @@ static void release_locked(struct span *s, size_t dirty)
     bin_insert(s);
     if (s == H.top && span_bytes(s) >= trim_threshold())
         shrink_top((size_t)option(OPT_TOP_PAD));
-    if (H.dirty_free > H.purge_base + purge_threshold())
-        purge_locked(false);
 }
 
 /* Bytes of a free span about to be reused that may hold old data: all of
@@ -409,7 +465,9 @@ static size_t purged_dirty(const struct span *s)
 /* A span that was in use is all dirty. */
 static void release_used(struct span *s)
 {
-    release_locked(s, span_bytes(s));
+    size_t bytes = span_bytes(s);
+    release_locked(s, bytes);       /* s may be gone: shrunk away */
+    purge_note(bytes);
 }
 
 static size_t pad_units(void)
@@ -477,10 +535,11 @@ struct span *heap_alloc_span(size_t units, bool *fresh)
 
 /* The caller (a chunk being retired) has already cleared its map entries
  * beyond the first unit. */
+/* A chunk's memory was counted as dirty block by block as it came back. */
 void heap_free_span(struct span *s)
 {
     heap_lock();
-    release_used(s);
+    release_locked(s, span_bytes(s));
     heap_unlock();
 }
 
@@ -562,6 +621,7 @@ void large_free(struct large_block *b, const void *p, const char *func)
         H.retain = 2 * span_bytes(&b->s);
     release_used(&b->s);
     heap_unlock();
+    purge_maybe();
 }
 
 /* Grow or shrink b without moving it: shrink by freeing whole units at its
@@ -609,6 +669,7 @@ bool large_resize_in_place(struct large_block *b, size_t size)
         H.st.large_in_use -= before;
     }
     heap_unlock();
+    purge_maybe();
     return ok;
 }
 
@@ -629,6 +690,7 @@ void heap_get_stats(struct heap_stats *st)
     heap_lock();
     *st = H.st;
     heap_unlock();
+    st->released_madvise += chunk_purged_bytes();
 }
 
 static int complain(const char *what, const void *where)

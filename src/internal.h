@@ -101,27 +101,38 @@ struct large_block {
 };
 #define LARGE_HDR 64u
 
-/* A small-class chunk.  Free blocks form a singly linked list threaded
- * through their first word; blocks past `carved` were never handed out. */
+/* A small-class chunk.  Which blocks are free is kept in a bitmap only, so
+ * free blocks hold nothing that must survive: whole pages of free blocks can
+ * be given back with madvise.  Blocks past `carved` were never handed out. */
 #define CHUNK_MAX_BLOCKS (UNIT / ALIGNMENT)
+#define CHUNK_MAX_UNITS 20          /* the 128 KiB class needs 17 */
+#define CHUNK_MAX_PAGES (CHUNK_MAX_UNITS * UNIT / PAGE)
 /* The first cache line holds what the lock-free free path reads; it is
- * written only while the chunk is set up or carved.  The counts and links
- * that every batch under the class lock writes live on the next line, so
- * threads freeing into their caches do not fight over the header. */
+ * written only while the chunk is set up, carved or purged.  The counts and
+ * links that every batch under the class lock writes live on the next line,
+ * so threads freeing into their caches do not fight over the header. */
 struct chunk {
     struct span s;
     uint32_t cls;
     uint32_t size;                  /* block size, copied from the class */
     uint32_t data_off;              /* offset of block 0 from the chunk start */
-    uint32_t carved;                /* blocks ever handed out (bump index) */
+    uint32_t carved;                /* blocks below have been handed out once */
     uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
     uint32_t capacity;              /* blocks that fit */
     uint32_t fresh;                 /* memory came straight from sbrk: zero */
+    /* The lock-free free path trusts blocks below this index: `carved`,
+     * or 0 while some page is purged, because a free block on a purged page
+     * has lost the key that marks it free and only its bit can tell. */
+    uint32_t fast_limit;
     /* --- written under the class lock --- */
     uint32_t in_use __attribute__((aligned(64)));   /* blocks handed out */
-    void *free_list;
+    uint32_t hint;                  /* no free block in used_map words below */
+    uint32_t purged;                /* pages set in purged_map */
+    uint32_t dirty_epoch;           /* purge pass in which a block came back; 0: none since */
     struct chunk *next, *prev;      /* in the class's list of chunks with room */
+    struct chunk *dirty_next, *dirty_prev;  /* in the class's list of dirty chunks */
     uint64_t used_map[CHUNK_MAX_BLOCKS / 64];   /* 1 bit per block in use */
+    uint64_t purged_map[CHUNK_MAX_PAGES / 64];  /* 1 bit per page given back */
 };
 #define CHUNK_HDR_SIZE sizeof(struct chunk)
 
@@ -158,12 +169,14 @@ struct size_class {
     uint64_t div_mul;
     struct chunk *partial;          /* chunks with at least one free block */
     struct chunk *spare;            /* one empty chunk kept to avoid churn */
+    struct chunk *dirty;            /* chunks that got blocks back since their last purge */
     /* Whole batches flushed by thread caches, parked as they are so that the
      * next refill takes one in O(1) without touching any chunk.  Their
      * blocks still count as in use for their chunks. */
     unsigned parked;
     uint16_t parked_count[XFER_SLOTS];
     void *parked_list[XFER_SLOTS];
+    uint32_t refills;               /* batches handed to thread caches */
     /* statistics, under the lock */
     size_t in_use, peak, chunks;
 } __attribute__((aligned(64)));
@@ -193,8 +206,12 @@ HIDDEN unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n);
 HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n);
 HIDDEN bool chunk_parked_holds(unsigned cls, const void *p);
 HIDDEN size_t chunk_parked_blocks(unsigned cls);    /* class lock held */
+HIDDEN void chunk_unpark(unsigned cls);
 HIDDEN void chunk_unpark_all(void);
 HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
+HIDDEN bool chunk_block_live(const struct chunk *c, const void *p);
+HIDDEN void chunk_purge_pass(bool all);
+HIDDEN size_t chunk_purged_bytes(void);
 HIDDEN void chunk_check_begin(void);
 HIDDEN int chunk_check_end(void);
 
@@ -212,6 +229,8 @@ HIDDEN void large_free(struct large_block *b, const void *p, const char *func);
 HIDDEN bool large_resize_in_place(struct large_block *b, size_t size);
 HIDDEN size_t large_usable(const struct large_block *b);
 HIDDEN int heap_trim(size_t pad);
+HIDDEN void purge_note(size_t bytes);
+HIDDEN void purge_maybe(void);
 HIDDEN void heap_get_stats(struct heap_stats *st);
 HIDDEN void heap_lock(void);
 HIDDEN void heap_unlock(void);

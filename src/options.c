@@ -36,7 +36,7 @@ static const struct option_desc option_table[OPT_COUNT] = {
     [OPT_TCACHE]         = {"MEMALLOC_TCACHE", 1, 0, 1},
     [OPT_PURGE_THRESHOLD] = {"MEMALLOC_PURGE_THRESHOLD", 2 << 20, 0, PTRDIFF_MAX},
     [OPT_PURGE_LAZY]     = {"MEMALLOC_PURGE_LAZY", 0, 0, 1},
-    [OPT_PURGE_SHARE]    = {"MEMALLOC_PURGE_SHARE", 8, 0, 1 << 20},
+    [OPT_PURGE_SHARE]    = {"MEMALLOC_PURGE_SHARE", 16, 0, 1 << 20},
     [OPT_RETAIN_MAX]     = {"MEMALLOC_RETAIN_MAX", 32 << 20, 0, PTRDIFF_MAX},
 };
 
@@ -45,7 +45,7 @@ long memalloc_options[OPT_COUNT] HIDDEN = {
     [OPT_TRIM_THRESHOLD] = 128 << 10,
     [OPT_TCACHE] = 1,
     [OPT_PURGE_THRESHOLD] = 2 << 20,
-    [OPT_PURGE_SHARE] = 8,
+    [OPT_PURGE_SHARE] = 16,
     [OPT_RETAIN_MAX] = 32 << 20,
 };
 
@@ -136,7 +136,9 @@ EXPORT int memalloc_malloc_trim(size_t pad)
     if (tcache_current())
         tcache_flush_all(tcache_current());
     chunk_unpark_all();
-    int released = chunk_release_spares() > 0;
+    size_t before = chunk_purged_bytes();
+    chunk_purge_pass(true);
+    int released = chunk_release_spares() > 0 || chunk_purged_bytes() != before;
     released |= heap_trim(pad);
     return released;
 }

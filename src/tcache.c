@@ -37,7 +37,18 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * the program holds more of the class at once than that, doubles its limit,
  * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
  * many operations again.  So a thread caches at most 64 KiB per class, and
- * only classes it really churns grow past 16 KiB. */
+ * only classes it really churns grow past 16 KiB.
+ *
+ * The other way round, a bin that flushed COLLAPSE_BATCHES batches without
+ * a refill of its own, while no thread refilled the class either, serves a
+ * thread that only frees that class and nobody wants the blocks back:
+ * caching them buys nothing and pins a block in every chunk they came
+ * from, which keeps whole chunks from going back to the heap after a
+ * program frees a big structure.  Such a bin empties, its class's parked
+ * batches go back to their chunks, and the thread's frees of the class go
+ * straight to the chunks until some thread refills the class again. */
+#define COLLAPSE_BATCHES 16
+
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
     if (cls >= TC_CLASSES)
@@ -45,7 +56,6 @@ static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
     size_t n = bytes / memalloc_classes[cls].size;
     return (uint16_t)(n < 4 ? 4 : n > most ? most : n);
 }
-
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, (size_t)16 << 10, 64); }
 static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, 1024); }
 
@@ -54,6 +64,8 @@ static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, 
 void *tcache_refill(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
+    if (b->max == 0)
+        b->max = bin_max(cls);
     void *list;
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
@@ -64,11 +76,11 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     b->count = got;
     if (b->count > b->max)          /* a parked batch from a bigger bin */
         b->max = (uint16_t)b->count;
-    b->refilled = 1;
+    b->flushed = 0;
     return tcache_pop(t, cls);
 }
 
-/* Return the first n blocks of bin cls to their chunks. */
+/* Return the first n blocks of bin cls to their class. */
 static void flush(struct tcache *t, unsigned cls, uint32_t n)
 {
     struct tbin *b = &t->bins[cls];
@@ -129,24 +141,61 @@ bool tcache_holds(const void *p)
     return found;
 }
 
+/* Has any thread refilled class cls since this cache last looked?  A racy
+ * read is fine: it only steers a heuristic. */
+static bool class_wanted(struct tcache *t, unsigned cls)
+{
+    uint32_t now = __atomic_load_n(&memalloc_classes[cls].refills, __ATOMIC_RELAXED);
+    bool wanted = now != t->seen_refills[cls];
+    t->seen_refills[cls] = now;
+    return wanted;
+}
+
+/* Bin cls is full (or bypassed): make room, grow the bin, or collapse it.
+ * True when the bin can take a block now. */
+static bool make_room(struct tcache *t, unsigned cls)
+{
+    struct tbin *b = &t->bins[cls];
+    if (b->max == 0) {
+        if (!class_wanted(t, cls))
+            return false;
+        b->max = bin_max(cls);
+        b->flushed = 1;
+        return true;
+    }
+    uint16_t cap = bin_cap(cls);
+    if (b->flushed == 0 && b->max < cap) {  /* refilled since the last overflow: grow */
+        b->max = (uint16_t)(b->max * 2 < cap ? b->max * 2 : cap);
+        b->flushed = 1;
+        return true;
+    }
+    flush(t, cls, b->max / 2 ? b->max / 2 : 1);
+    if (!class_wanted(t, cls) && b->flushed >= COLLAPSE_BATCHES) {
+        flush(t, cls, b->count);
+        b->max = 0;
+        chunk_unpark(cls);
+        return false;
+    }
+    if (b->flushed < COLLAPSE_BATCHES)
+        b->flushed++;
+    return true;
+}
+
 /* Every small free that the hot path did not finish: t may be NULL (no
- * cache in this thread), p may be anything inside a chunk. */
+ * cache in this thread), p may be anything inside a chunk.  The hot path
+ * gives up on blocks of chunks with purged pages, where the free key may be
+ * gone; here the chunk's bitmap decides. */
 void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
 {
     if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
         fatal_pointer(func, "double free", p);
-    struct tbin *b = t ? tcache_bin_for(t, p) : NULL;
-    if (!b && t && c->cls < TC_CLASSES && t->bins[c->cls].count >= t->bins[c->cls].max) {
-        struct tbin *full = &t->bins[c->cls];
-        uint16_t cap = bin_cap(c->cls);
-        if (full->refilled && full->max < cap)      /* thrashing: grow */
-            full->max = (uint16_t)(full->max * 2 < cap ? full->max * 2 : cap);
-        else
-            flush(t, c->cls, full->max / 2 ? full->max / 2 : 1);
-        full->refilled = 0;
-        b = tcache_bin_for(t, p);
+    struct tbin *b = NULL;
+    if (t && chunk_block_live(c, p) && c->cls < TC_CLASSES) {
+        b = &t->bins[c->cls];
+        if (b->count >= b->max && !make_room(t, c->cls))
+            b = NULL;
     }
-    if (!b) {                       /* uncached class, or a key lookalike */
+    if (!b) {                       /* uncached class, bypassed bin, or bad */
         chunk_free(c, p, func);
         return;
     }

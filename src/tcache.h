@@ -30,12 +30,13 @@
 struct tbin {
     void *head;
     uint32_t count;
-    uint16_t max;                   /* grows while the bin both underflows and overflows */
-    uint16_t refilled;              /* a refill happened since the last overflow */
+    uint16_t max;                   /* 0: the class bypasses this cache for now */
+    uint16_t flushed;               /* batches flushed since the last refill */
 };
 
 struct tcache {
     struct tbin bins[TC_BINS];
+    uint32_t seen_refills[TC_CLASSES];  /* class refill counts last seen */
     struct tcache *next, *prev;     /* all live caches, under the list lock */
 };
 
@@ -81,7 +82,7 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
     uintptr_t off = a - (uintptr_t)c - c->data_off;
     size_t idx = (size_t)((off * c->div_mul) >> 40);
     if (unlikely(idx * c->size != off ||
-                 idx >= __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
+                 idx >= __atomic_load_n(&c->fast_limit, __ATOMIC_RELAXED)))
         return NULL;
     struct tbin *b = &t->bins[c->cls];
     if (unlikely(((void *const *)p)[1] == (void *)memalloc_tc_key || b->count >= b->max))

@@ -9,12 +9,14 @@
  *     zero (zeroed flag set) when the chunk is fresh sbrk memory;
  *   - the (capacity+1)-th block comes from a second chunk;
  *   - in_use / carved / class counters and the partial list move as they
- *     should; freed blocks are reused LIFO and report zeroed == false;
- *   - an emptied chunk becomes the class's spare; a second emptied chunk
- *     goes back to the heap (its span turns SPAN_FREE or is merged or
- *     released) and its blocks stop looking small; the spare is reused
- *     before the heap is asked again, and a chunk built on recycled heap
- *     memory does not claim its blocks are zeroed.
+ *     should; the lowest free block is reused first and reports zeroed ==
+ *     false;
+ *   - an emptied chunk becomes the class's spare; when a second chunk
+ *     empties, the lower of the two stays the spare and the other goes
+ *     back to the heap (its span turns SPAN_FREE or is merged or released)
+ *     and its blocks stop looking small; the spare is reused before the
+ *     heap is asked again, and a chunk built on recycled heap memory does
+ *     not claim its blocks are zeroed.
  * Also ptr_lookup's PTR_BAD for pointers below the heap base, at or above
  * the limit, and misaligned, and PTR_LARGE for a large block's user pointer.
  * memalloc_check() == 0 after every phase.
@@ -155,7 +157,7 @@ static void test_class(unsigned cls)
     CHECK(z == (bool)c2->fresh, "second chunk: zeroed=%d, fresh=%u", z, c2->fresh);
     CHECK_HEAP("opening a second chunk");
 
-    /* ---- phase 3: LIFO reuse -------------------------------------------- */
+    /* ---- phase 3: lowest block first ------------------------------------- */
     size_t a = 1, b = cap - 2;        /* two blocks of the full chunk */
     free_block(p[a]);
     CHECK(c1->in_use == cap - 1 && c1->carved == cap, "after a free: in_use %u carved %u",
@@ -166,10 +168,10 @@ static void test_class(unsigned cls)
     CHECK(sc->in_use == cap - 1, "class in_use %zu, want %zu", sc->in_use, cap - 1);
     CHECK_HEAP("freeing two blocks");
     void *r1 = chunk_alloc(cls, &z);
-    CHECK(r1 == p[b], "reuse: got %p, want the last freed %p", r1, p[b]);
+    CHECK(r1 == p[a], "reuse: got %p, want the lowest free block %p", r1, p[a]);
     CHECK(!z, "a reused block claims to be zeroed");
     void *r2 = chunk_alloc(cls, &z);
-    CHECK(r2 == p[a], "reuse: got %p, want the first freed %p", r2, p[a]);
+    CHECK(r2 == p[b], "reuse: got %p, want the other freed block %p", r2, p[b]);
     CHECK(!z, "a reused block claims to be zeroed");
     CHECK(c1->in_use == cap && c1->carved == cap && !on_partial(sc, c1),
           "chunk refilled: in_use %u carved %u on_partial %d", c1->in_use, c1->carved,
@@ -181,11 +183,11 @@ static void test_class(unsigned cls)
     free_block(q1);
     CHECK(c2->in_use == 1 && c2->carved == 2, "second chunk in_use %u carved %u", c2->in_use,
           c2->carved);
-    CHECK_HEAP("LIFO reuse");
+    CHECK_HEAP("lowest-first reuse");
 
     /* ---- phase 4: the first emptied chunk becomes the spare ------------- */
     CHECK(sc->spare == NULL, "pristine class already has a spare");
-    void *q0_again = chunk_alloc(cls, &z);        /* q1's slot: LIFO again */
+    void *q0_again = chunk_alloc(cls, &z);        /* q1's slot: the lowest free */
     CHECK(q0_again == q1, "reuse in second chunk: got %p, want %p", q0_again, q1);
     free_block(q0_again);
     free_block(q0);
@@ -197,9 +199,12 @@ static void test_class(unsigned cls)
     CHECK(chunk_of(q0) == c2, "the spare's map entries were cleared");
     CHECK_HEAP("emptying the second chunk");
 
-    /* ---- phase 5: a second emptied chunk goes back to the heap --------- */
-    uintptr_t c1_addr = (uintptr_t)c1;
-    size_t c1_unit = unit_index(c1_addr);
+    /* ---- phase 5: of two empty chunks the lower stays, the other goes --- */
+    struct chunk *kept = c1 < c2 ? c1 : c2, *gone = c1 < c2 ? c2 : c1;
+    uint32_t kept_carved = kept->carved;
+    uintptr_t gone_addr = (uintptr_t)gone;
+    size_t gone_unit = unit_index(gone_addr);
+    const void *gone_block = gone == c1 ? p[0] : q0;
     for (size_t i = 0; i < cap; i++) {
         if (i == cap - 1) {
             CHECK(c1->in_use == 1 && chunk_of(p[i]) == c1, "before the last free: in_use %u",
@@ -209,33 +214,30 @@ static void test_class(unsigned cls)
     }
     CHECK(sc->chunks == chunks0 + 1, "class chunks %zu after retiring one, want %zu", sc->chunks,
           chunks0 + 1);
-    CHECK(sc->spare == c2, "the spare changed when a second chunk emptied");
+    CHECK(sc->spare == kept, "the spare is not the lower of the two empty chunks");
     CHECK(sc->in_use == 0, "class in_use %zu, want 0", sc->in_use);
-    uint8_t m = memalloc_unit_map[c1_unit];
-    bool c1_free_span = false;
+    uint8_t m = memalloc_unit_map[gone_unit];
+    bool gone_free_span = false;
     if (m == MAP_SPAN) {
-        CHECK(((struct span *)c1_addr)->kind == SPAN_FREE,
+        CHECK(((struct span *)gone_addr)->kind == SPAN_FREE,
               "retired chunk's span has kind %#x, want SPAN_FREE",
-              ((struct span *)c1_addr)->kind);
-        c1_free_span = ((struct span *)c1_addr)->kind == SPAN_FREE;
+              ((struct span *)gone_addr)->kind);
+        gone_free_span = ((struct span *)gone_addr)->kind == SPAN_FREE;
     } else {
         CHECK(m == MAP_NONE, "retired chunk's first unit has map %#x, want SPAN or NONE", m);
     }
     for (size_t k = 1; k < sc->units; k++)
-        CHECK(memalloc_unit_map[c1_unit + k] == MAP_NONE,
-              "retired chunk's unit %zu still mapped %#x", k, memalloc_unit_map[c1_unit + k]);
-    for (size_t i = 0; i < cap; i++)
-        if (chunk_of(p[i]) != NULL) {
-            CHECK(0, "block #%zu of a retired chunk still looks small", i);
-            break;
-        }
-    CHECK_HEAP("retiring the first chunk");
+        CHECK(memalloc_unit_map[gone_unit + k] == MAP_NONE,
+              "retired chunk's unit %zu still mapped %#x", k, memalloc_unit_map[gone_unit + k]);
+    CHECK(chunk_of(gone_block) == NULL, "a block of the retired chunk still looks small");
+    CHECK_HEAP("retiring one of two empty chunks");
 
     /* ---- phase 6: the spare is used before the heap -------------------- */
     void *s0 = chunk_alloc(cls, &z);
-    CHECK(s0 == q0, "after retiring: got %p, want the spare's last freed block %p", s0, q0);
-    CHECK(sc->spare == NULL && on_partial(sc, c2), "taking the spare: spare %p on_partial %d",
-          (void *)sc->spare, on_partial(sc, c2));
+    CHECK(s0 == (char *)kept + kept->data_off, "after retiring: got %p, want the spare's first block %p",
+          s0, (void *)((char *)kept + kept->data_off));
+    CHECK(sc->spare == NULL && on_partial(sc, kept), "taking the spare: spare %p on_partial %d",
+          (void *)sc->spare, on_partial(sc, kept));
     CHECK(!z, "a reused block of the spare claims to be zeroed");
     CHECK(sc->chunks == chunks0 + 1, "class chunks %zu, want %zu", sc->chunks, chunks0 + 1);
     /* Fill the spare: its never-carved blocks keep the chunk's freshness. */
@@ -245,25 +247,28 @@ static void test_class(unsigned cls)
     s[0] = s0;
     for (size_t i = 1; i < cap; i++) {
         s[i] = chunk_alloc(cls, &z);
-        CHECK(s[i] && chunk_of(s[i]) == c2, "block %zu of the refilled spare is elsewhere", i);
-        if (i >= 2)
-            CHECK(z == (bool)c2->fresh, "refilled spare block %zu: zeroed %d fresh %u", i, z,
-                  c2->fresh);
+        CHECK(s[i] && chunk_of(s[i]) == kept, "block %zu of the refilled spare is elsewhere", i);
+        if (i >= kept_carved)
+            CHECK(z == (bool)kept->fresh, "refilled spare block %zu: zeroed %d fresh %u", i, z,
+                  kept->fresh);
+        else
+            CHECK(!z, "refilled spare block %zu was handed out before but claims zeroed", i);
         if (z && s[i])
             CHECK(all_zero(s[i], size), "never-carved block %zu of the spare not zero", i);
     }
-    CHECK(c2->in_use == cap && !on_partial(sc, c2), "refilled spare: in_use %u", c2->in_use);
-    /* One more: a third chunk, from recycled heap memory if c1's span is
-     * still free and the best fit, which must not claim to be zeroed. */
+    CHECK(kept->in_use == cap && !on_partial(sc, kept), "refilled spare: in_use %u", kept->in_use);
+    /* One more: a third chunk, from recycled heap memory if the retired
+     * chunk's span stayed a free span (it was not below the top given back
+     * with sbrk) and is the best fit, which must not claim to be zeroed. */
     s[cap] = chunk_alloc(cls, &z);
     struct chunk *c3 = s[cap] ? chunk_of(s[cap]) : NULL;
-    CHECK(c3 != NULL && c3 != c2, "block beyond the refilled spare not in a new chunk");
-    if (c3 && (uintptr_t)c3 == c1_addr) {
+    CHECK(c3 != NULL && c3 != kept, "block beyond the refilled spare not in a new chunk");
+    if (c3 && (uintptr_t)c3 == gone_addr && gone_free_span) {
         CHECK(!c3->fresh && !z, "chunk rebuilt on recycled memory: fresh %u, zeroed %d",
               c3->fresh, z);
-    } else if (c1_free_span && c3) {
+    } else if (gone_free_span && c3) {
         fprintf(stderr, "note: new chunk at %p, not on the retired chunk's span %p\n",
-                (void *)c3, (void *)c1_addr);
+                (void *)c3, (void *)gone_addr);
     }
     CHECK_HEAP("reusing the spare and opening a third chunk");
 

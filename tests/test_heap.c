@@ -396,18 +396,21 @@ static bool span_pages_zero(const void *span, size_t units)
     return true;
 }
 
-/* Free space below the top is madvised only once the dirty total passes the
- * purge threshold, and a pass spares what was freed since the previous pass:
- * a span goes at the second pass after it was freed.  Purged pages read as
- * zero, which calloc relies on. */
+/* Free space below the top is madvised only once the memory freed since the
+ * last pass passes the purge threshold.  While the program's use of memory
+ * is not shrinking, a pass spares what was freed since the previous pass: a
+ * span goes at the second pass after it was freed.  Once it shrinks, a pass
+ * takes everything.  Purged pages read as zero, which calloc relies on. */
 static void phase_purge(void)
 {
     if (UNDER_VALGRIND())           /* its ~8 MiB break cannot hold enough passes */
         return;
     long saved = memalloc_options[OPT_PURGE_THRESHOLD];
-    memalloc_options[OPT_PURGE_THRESHOLD] = 4 * U;  /* below heap/8 here */
+    long saved_share = memalloc_options[OPT_PURGE_SHARE];
+    memalloc_options[OPT_PURGE_THRESHOLD] = 4 * U;
+    memalloc_options[OPT_PURGE_SHARE] = 0;
     enum { N = 8 };
-    void *blk[N], *pin[N];
+    void *blk[N], *pin[N], *keep[N];
     /* Start from clean free space: older free spans then cannot lend their
      * age to the spans freed below when they merge. */
     memalloc_malloc_trim(0);
@@ -420,17 +423,24 @@ static void phase_purge(void)
      * a neighbour, so the checks look at the pages, not the headers. */
     const void *first = hdr_of(blk[0]), *last = hdr_of(blk[N - 1]);
     lfree(blk[0]);
+    keep[0] = large(9);             /* too big for the freed spans: use holds */
     CHECK(!span_pages_zero(first, 8), "a freed span was purged at once");
     /* Every further free adds 512 KiB of dirt, more than enough passes to
      * age blk[0] past the one that spares it. */
-    for (int i = 1; i < N; i++)
+    for (int i = 1; i < N; i++) {
         lfree(blk[i]);
+        keep[i] = large(9);
+    }
     struct memalloc_stats st1;
     memalloc_get_stats(&st1);
     CHECK(span_pages_zero(first, 8),
           "the oldest free span was never purged (heap %zu, %zu released by madvise)",
           st1.heap_bytes, st1.free_bytes);
     CHECK(!span_pages_zero(last, 8), "the span freed last was purged at once");
+    /* Now use shrinks: the next pass spares nothing. */
+    for (int i = 0; i < N; i++)
+        lfree(keep[i]);
+    CHECK(span_pages_zero(last, 8), "a pass while use shrinks spared the youngest span");
     CHECK_HEAP("purge passes");
 
     /* calloc over purged and over dirty space both read zero. */
@@ -452,6 +462,7 @@ static void phase_purge(void)
         lfree(pin[i]);
     }
     memalloc_options[OPT_PURGE_THRESHOLD] = saved;
+    memalloc_options[OPT_PURGE_SHARE] = saved_share;
     CHECK_HEAP("after the purge phase");
 }
 
