@@ -372,13 +372,12 @@ void purge_note(size_t bytes)
     __atomic_add_fetch(&dirty_pending, bytes, __ATOMIC_RELAXED);
 }
 
-/* Called with no lock held.  A pass spares memory freed since the previous
- * pass (it may be about to be reused) only while the program's use of the
- * heap is not shrinking: a program that is freeing a big structure will not
- * reuse it, and memory that waits for the next pass may wait forever if
- * that was the program's last free.  The threshold costs a walk over the
- * classes, so it is looked at again only when pending has covered half the
- * distance to it. */
+/* Called with no lock held.  A pass spares memory freed or used since the
+ * previous pass, which the program may be about to reuse.  (Sparing nothing
+ * while the program's use shrinks was tried: bench/workloads got 10-20%
+ * slower, since their use swings both ways, and the footprint test no
+ * better.)  The threshold costs a walk over the classes, so it is looked at
+ * again only when pending has covered half the distance to it. */
 void purge_maybe(void)
 {
     size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED);
@@ -396,12 +395,9 @@ void purge_maybe(void)
         return;
     __atomic_store_n(&dirty_pending, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
-    static size_t live_at_pass;     /* under pass_running */
-    bool all = live < live_at_pass;
-    live_at_pass = live;
-    chunk_purge_pass(all);
+    chunk_purge_pass();
     heap_lock();
-    purge_locked(all);
+    purge_locked(false);
     heap_unlock();
     __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
 }

@@ -128,9 +128,10 @@ struct chunk {
     uint32_t in_use __attribute__((aligned(64)));   /* blocks handed out */
     uint32_t hint;                  /* no free block in used_map words below */
     uint32_t purged;                /* pages set in purged_map */
-    uint32_t dirty_epoch;           /* purge pass in which a block came back; 0: none since */
+    uint32_t touched;               /* purge epoch of the last block taken or put back */
+    uint32_t listed;                /* on the class's candidate list */
     struct chunk *next, *prev;      /* in the class's list of chunks with room */
-    struct chunk *dirty_next, *dirty_prev;  /* in the class's list of dirty chunks */
+    struct chunk *cand_next, *cand_prev;    /* in the class's candidate list */
     uint64_t used_map[CHUNK_MAX_BLOCKS / 64];   /* 1 bit per block in use */
     uint64_t purged_map[CHUNK_MAX_PAGES / 64];  /* 1 bit per page given back */
 };
@@ -169,7 +170,7 @@ struct size_class {
     uint64_t div_mul;
     struct chunk *partial;          /* chunks with at least one free block */
     struct chunk *spare;            /* one empty chunk kept to avoid churn */
-    struct chunk *dirty;            /* chunks that got blocks back since their last purge */
+    struct chunk *cand;             /* purge candidates touched since their last purge */
     /* Whole batches flushed by thread caches, parked as they are so that the
      * next refill takes one in O(1) without touching any chunk.  Their
      * blocks still count as in use for their chunks. */
@@ -210,7 +211,8 @@ HIDDEN void chunk_unpark(unsigned cls);
 HIDDEN void chunk_unpark_all(void);
 HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
 HIDDEN bool chunk_block_live(const struct chunk *c, const void *p);
-HIDDEN void chunk_purge_pass(bool all);
+HIDDEN void chunk_purge_pass(void);
+HIDDEN void chunk_purge_everything(void);
 HIDDEN size_t chunk_purged_bytes(void);
 HIDDEN void chunk_check_begin(void);
 HIDDEN int chunk_check_end(void);

@@ -137,7 +137,7 @@ EXPORT int memalloc_malloc_trim(size_t pad)
         tcache_flush_all(tcache_current());
     chunk_unpark_all();
     size_t before = chunk_purged_bytes();
-    chunk_purge_pass(true);
+    chunk_purge_everything();
     int released = chunk_release_spares() > 0 || chunk_purged_bytes() != before;
     released |= heap_trim(pad);
     return released;

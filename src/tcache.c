@@ -32,15 +32,16 @@ static struct tcache *all_caches;
 void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
-/* A bin starts out holding up to 16 KiB of its class (between 4 and 64
+/* A bin starts out holding up to 16 KiB of its class (between 2 and 64
  * blocks).  A bin that keeps running dry and overflowing in turn, because
  * the program holds more of the class at once than that, doubles its limit,
  * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
  * many operations again.  So a thread caches at most 64 KiB per class, and
  * only classes it really churns grow past 16 KiB.
  *
- * The other way round, a bin that flushed COLLAPSE_BATCHES batches without
- * a refill of its own, while no thread refilled the class either, serves a
+ * The other way round, a bin that flushed COLLAPSE_BATCHES batches (or
+ * COLLAPSE_BYTES, if that is fewer batches of a big class) without a
+ * refill of its own, while no thread refilled the class either, serves a
  * thread that only frees that class and nobody wants the blocks back:
  * caching them buys nothing and pins a block in every chunk they came
  * from, which keeps whole chunks from going back to the heap after a
@@ -48,13 +49,14 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * batches go back to their chunks, and the thread's frees of the class go
  * straight to the chunks until some thread refills the class again. */
 #define COLLAPSE_BATCHES 16
+#define COLLAPSE_BYTES ((size_t)128 << 10)
 
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
     if (cls >= TC_CLASSES)
         return 0;
     size_t n = bytes / memalloc_classes[cls].size;
-    return (uint16_t)(n < 4 ? 4 : n > most ? most : n);
+    return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
 }
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, (size_t)16 << 10, 64); }
 static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, 1024); }
@@ -169,8 +171,12 @@ static bool make_room(struct tcache *t, unsigned cls)
         b->flushed = 1;
         return true;
     }
-    flush(t, cls, b->max / 2 ? b->max / 2 : 1);
-    if (!class_wanted(t, cls) && b->flushed >= COLLAPSE_BATCHES) {
+    uint32_t batch = b->max / 2 ? b->max / 2 : 1;
+    flush(t, cls, batch);
+    size_t batch_bytes = (size_t)batch * memalloc_classes[cls].size;
+    uint16_t enough = COLLAPSE_BYTES / batch_bytes < COLLAPSE_BATCHES
+                          ? (uint16_t)(COLLAPSE_BYTES / batch_bytes + 1) : COLLAPSE_BATCHES;
+    if (!class_wanted(t, cls) && b->flushed >= enough) {
         flush(t, cls, b->count);
         b->max = 0;
         chunk_unpark(cls);
