@@ -273,7 +273,8 @@ static size_t resident_estimate(const struct chunk *c)
 
 static void chunk_retire(struct size_class *sc, struct chunk *c)
 {
-    purge_note(resident_estimate(c));
+    if (!c->listed)                 /* a candidate's pages were noted already */
+        purge_note(resident_estimate(c));
     cand_remove(sc, c);
     size_t u = unit_index((uintptr_t)c);
     for (size_t k = 1; k < c->s.units; k++)

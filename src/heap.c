@@ -35,6 +35,7 @@ static struct {
     uintptr_t end;                  /* end of the top segment */
     struct span *top;               /* highest span of the top segment */
     struct free_span *bins[NUM_BINS];
+    struct free_span *dirty;        /* binned spans that may hold resident pages */
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
     uint64_t epoch;                 /* purge passes so far */
@@ -76,6 +77,27 @@ static unsigned bin_of(size_t units)
     return b < NUM_BINS ? b : NUM_BINS - 1;
 }
 
+static void dirty_add(struct free_span *f)
+{
+    f->dirty_prev = NULL;
+    f->dirty_next = H.dirty;
+    if (f->dirty_next)
+        f->dirty_next->dirty_prev = f;
+    H.dirty = f;
+}
+
+static void dirty_del(struct free_span *f)
+{
+    if (f->dirty_prev)
+        f->dirty_prev->dirty_next = f->dirty_next;
+    else
+        H.dirty = f->dirty_next;
+    if (f->dirty_next)
+        f->dirty_next->dirty_prev = f->dirty_prev;
+}
+
+/* A binned span is on the dirty list exactly when its dirty count is not
+ * zero, so that a purge pass visits only spans that hold something. */
 static void bin_insert(struct span *s)
 {
     struct free_span *f = (struct free_span *)s;
@@ -87,6 +109,8 @@ static void bin_insert(struct span *s)
     H.bins[b] = f;
     H.st.free_bytes += span_bytes(s);
     H.dirty_free += f->dirty;
+    if (f->dirty)
+        dirty_add(f);
 }
 
 static void bin_remove(struct span *s)
@@ -100,6 +124,8 @@ static void bin_remove(struct span *s)
         f->next->prev = f->prev;
     H.st.free_bytes -= span_bytes(s);
     H.dirty_free -= f->dirty;
+    if (f->dirty)
+        dirty_del(f);
 }
 
 /* Best fit inside the first bin that can hold `units`; any span of a higher
@@ -342,17 +368,17 @@ static bool purge_locked(bool all)
     bool any = false;
     int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
     H.epoch++;
-    for (unsigned b = 0; b < NUM_BINS; b++) {
-        for (struct free_span *f = H.bins[b]; f; f = f->next) {
-            size_t len = span_bytes(&f->s) - PAGE;
-            if (f->dirty == 0 || len == 0 || (!all && f->dirty_since + 1 >= H.epoch))
-                continue;
-            if (madvise((char *)f + PAGE, len, advice) == 0) {
-                H.st.released_madvise += len;
-                H.dirty_free -= f->dirty;
-                f->dirty = 0;
-                any = true;
-            }
+    for (struct free_span *f = H.dirty, *next; f; f = next) {
+        next = f->dirty_next;
+        size_t len = span_bytes(&f->s) - PAGE;
+        if (len == 0 || (!all && f->dirty_since + 1 >= H.epoch))
+            continue;
+        if (madvise((char *)f + PAGE, len, advice) == 0) {
+            H.st.released_madvise += len;
+            H.dirty_free -= f->dirty;
+            f->dirty = 0;
+            dirty_del(f);
+            any = true;
         }
     }
     return any;
@@ -786,6 +812,18 @@ int heap_check(void)
         }
     if (binned != free_spans || binned_bytes != free_bytes || free_bytes != H.st.free_bytes)
         bad += complain("free spans and bins disagree", (void *)memalloc_heap_base);
+    size_t listed = 0;
+    for (struct free_span *f = H.dirty; f && listed <= binned; f = f->dirty_next) {
+        listed++;
+        if (f->s.kind != SPAN_FREE || f->dirty == 0)
+            bad += complain("dirty list holds a clean or used span", f);
+    }
+    size_t dirty_spans = 0;
+    for (unsigned b = 0; b < NUM_BINS; b++)
+        for (struct free_span *f = H.bins[b]; f; f = f->next)
+            dirty_spans += f->dirty != 0;
+    if (listed != dirty_spans)
+        bad += complain("dirty list length differs from the dirty spans", (void *)memalloc_heap_base);
     if (dirty != H.dirty_free)
         bad += complain("dirty free total disagrees with the spans", (void *)memalloc_heap_base);
     if (large != H.st.large_blocks || large_bytes != H.st.large_in_use)

@@ -89,6 +89,7 @@ struct free_span {
     struct free_span *next, *prev;
     size_t dirty;                   /* bytes that may still be resident */
     uint64_t dirty_since;           /* purge epoch in which it became dirty */
+    struct free_span *dirty_next, *dirty_prev;  /* binned spans with dirty != 0 */
 };
 
 /* A large block: one allocation.  The user pointer sits user_off bytes

@@ -18,6 +18,7 @@
 
 static struct timespec wl_t0;
 static double wl_rss_after_free_kb = -1;
+static double wl_rss_start_kb = -1, wl_requested_kb = -1;
 
 static inline uint64_t wl_rng(uint64_t *s)     /* xorshift64* */
 {
@@ -73,6 +74,14 @@ static inline double wl_status_kb(const char *key)
     return kb;
 }
 
+/* Optional: the RSS before the measured allocations start, and the bytes
+ * they will request, for workloads that report footprint against both. */
+static inline void wl_mark_start(double requested_bytes)
+{
+    wl_rss_start_kb = wl_status_kb("VmRSS:");
+    wl_requested_kb = requested_bytes / 1024.0;
+}
+
 /* Call after the free phase: what the allocator kept resident. */
 static inline void wl_after_free(void)
 {
@@ -90,10 +99,12 @@ static inline int wl_report(const char *name, double scale, uint64_t checksum)
                + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
     if (wl_rss_after_free_kb < 0) wl_after_free();
     printf("{\"workload\": \"%s\", \"scale\": %g, \"wall_s\": %.6f, \"cpu_s\": %.6f, "
-           "\"peak_rss_kb\": %.0f, \"rss_after_free_kb\": %.0f, "
-           "\"checksum\": \"%016llx\"}\n",
-           name, scale, wall, cpu, wl_status_kb("VmHWM:"), wl_rss_after_free_kb,
-           (unsigned long long)checksum);
+           "\"peak_rss_kb\": %.0f, \"rss_after_free_kb\": %.0f, ",
+           name, scale, wall, cpu, wl_status_kb("VmHWM:"), wl_rss_after_free_kb);
+    if (wl_rss_start_kb >= 0)
+        printf("\"rss_start_kb\": %.0f, \"requested_kb\": %.0f, ", wl_rss_start_kb,
+               wl_requested_kb);
+    printf("\"checksum\": \"%016llx\"}\n", (unsigned long long)checksum);
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
