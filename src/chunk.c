@@ -75,9 +75,12 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
 #define SPARSE_DIV 16
 static uint32_t purge_epoch = 1;
 static size_t purged_bytes;         /* statistics, atomic */
+static size_t reused_bytes;         /* purged pages handed out again, atomic */
 
 static inline bool candidate(const struct chunk *c)
 {
+    if (c->size >= PAGE)            /* each free block is whole pages */
+        return (size_t)c->in_use * 2 <= c->capacity;
     return (size_t)c->in_use * SPARSE_DIV <= c->capacity;
 }
 
@@ -168,10 +171,10 @@ static void purge_chunk(struct chunk *c)
         __atomic_store_n(&c->fast_limit, 0, __ATOMIC_RELAXED);
 }
 
-/* Purge the candidates of every class that nobody touched during the
- * previous pass interval.  One class lock at a time; started by heap.c's
+/* Purge the candidates of every class that nobody touched during the last
+ * `decay` pass intervals.  One class lock at a time; started by heap.c's
  * purge_maybe. */
-void chunk_purge_pass(void)
+void chunk_purge_pass(unsigned decay)
 {
     uint32_t epoch = __atomic_add_fetch(&purge_epoch, 1, __ATOMIC_RELAXED);
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
@@ -183,7 +186,7 @@ void chunk_purge_pass(void)
             next = c->cand_next;
             if (!candidate(c)) {
                 cand_remove(sc, c);
-            } else if (c->touched + 1 < epoch) {
+            } else if (c->touched + decay < epoch) {
                 purge_chunk(c);
                 cand_remove(sc, c);
             }
@@ -213,6 +216,11 @@ void chunk_purge_everything(void)
 size_t chunk_purged_bytes(void)
 {
     return __atomic_load_n(&purged_bytes, __ATOMIC_RELAXED);
+}
+
+size_t chunk_reused_bytes(void)
+{
+    return __atomic_load_n(&reused_bytes, __ATOMIC_RELAXED);
 }
 
 /* ---- slow path: a new chunk for the class ------------------------------- */
@@ -290,12 +298,16 @@ static NOINLINE void unpurge(struct chunk *c, size_t idx)
 {
     size_t first = (c->data_off + idx * c->size) / PAGE;
     size_t last = (c->data_off + (idx + 1) * c->size - 1) / PAGE;
+    size_t reused = 0;
     for (size_t pg = first; pg <= last; pg++) {
         if (bit_get(c->purged_map, pg)) {
             c->purged_map[pg / 64] &= ~((uint64_t)1 << (pg % 64));
             c->purged--;
+            reused += PAGE;
         }
     }
+    if (reused)
+        __atomic_add_fetch(&reused_bytes, reused, __ATOMIC_RELAXED);
     if (!c->purged)
         __atomic_store_n(&c->fast_limit, c->carved, __ATOMIC_RELAXED);
 }
@@ -358,6 +370,7 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
 {
     struct size_class *sc = &memalloc_classes[cls];
     pthread_mutex_lock(&sc->lock);
+    __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     struct chunk *c = sc->partial;
     if (unlikely(!c)) {
         c = chunk_new(sc, cls);
@@ -517,14 +530,15 @@ static void return_list(struct size_class *sc, void *list, unsigned n)
 }
 
 /* Give back n blocks of class cls (a list through their first words), each
- * validated when it entered a cache: parked whole when a slot is free,
- * else returned to their chunks. */
-void chunk_free_batch(unsigned cls, void *list, unsigned n)
+ * validated when it entered a cache: parked whole when `park` says some
+ * thread is refilling the class and a slot is free, else returned to their
+ * chunks (a parked block keeps its chunk alive). */
+void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park)
 {
     struct size_class *sc = &memalloc_classes[cls];
     bool returned = false;
     pthread_mutex_lock(&sc->lock);
-    if (sc->parked < XFER_SLOTS) {
+    if (park && sc->parked < XFER_SLOTS) {
         sc->parked_list[sc->parked] = list;
         sc->parked_count[sc->parked] = (uint16_t)n;
         sc->parked++;

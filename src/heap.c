@@ -38,6 +38,7 @@ static struct {
     struct free_span *dirty;        /* binned spans that may hold resident pages */
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
+    size_t large_allocs;            /* large blocks ever handed out */
     uint64_t epoch;                 /* purge passes so far */
     struct heap_stats st;
 } H;
@@ -363,7 +364,7 @@ static size_t threshold_for(size_t live)
  * freed since the previous pass, which a program that shrinks and regrows
  * is about to reuse: only memory that stayed free for a whole pass interval
  * goes (a decay measured in purge passes, not seconds).  all: every span. */
-static bool purge_locked(bool all)
+static bool purge_locked(bool all, unsigned decay)
 {
     bool any = false;
     int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
@@ -371,7 +372,7 @@ static bool purge_locked(bool all)
     for (struct free_span *f = H.dirty, *next; f; f = next) {
         next = f->dirty_next;
         size_t len = span_bytes(&f->s) - PAGE;
-        if (len == 0 || (!all && f->dirty_since + 1 >= H.epoch))
+        if (len == 0 || (!all && f->dirty_since + decay >= H.epoch))
             continue;
         if (madvise((char *)f + PAGE, len, advice) == 0) {
             H.st.released_madvise += len;
@@ -392,6 +393,37 @@ static bool purge_locked(bool all)
 static size_t dirty_pending;        /* atomic */
 static size_t next_look;            /* atomic: pending worth a look at the threshold */
 static int pass_running;            /* atomic */
+
+/* How many pass intervals memory must stay unused before a pass purges it
+ * (MEMALLOC_PURGE_DECAY; 0, the default, adapts).  Adapting follows what
+ * share of the purged chunk pages came back into use, each paying a page
+ * fault: a program that frees a structure for good reuses none and gets
+ * its memory back within a pass; one that shrinks and regrows reuses most,
+ * and the decay grows so that it stops paying for purges it undoes.  The
+ * totals halve every 256 MiB purged, so old behaviour fades.  Called by
+ * the one thread running a pass. */
+#define MAX_DECAY 16
+static unsigned decay_for_pass(void)
+{
+    long fixed = option(OPT_PURGE_DECAY);
+    if (fixed > 0)
+        return (unsigned)fixed;
+    static size_t purged_seen, reused_seen, p, r;
+    size_t purged = chunk_purged_bytes(), reused = chunk_reused_bytes();
+    p += purged - purged_seen;
+    r += reused - reused_seen;
+    purged_seen = purged;
+    reused_seen = reused;
+    if (p > ((size_t)256 << 20)) {
+        p /= 2;
+        r /= 2;
+    }
+    if (r >= p / 2 && r > 0)
+        return MAX_DECAY;
+    if (r >= p / 4 && r > 0)
+        return MAX_DECAY / 4;
+    return 1;
+}
 
 void purge_note(size_t bytes)
 {
@@ -421,9 +453,20 @@ void purge_maybe(void)
         return;
     __atomic_store_n(&dirty_pending, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
-    chunk_purge_pass();
+    /* A program that allocated nothing since the last pass, and does not
+     * reuse what passes purge, is freeing for good, and the last of it
+     * would otherwise wait for a pass that may never come: spare nothing. */
+    static size_t allocs_at_pass;
+    size_t allocs = __atomic_load_n(&H.large_allocs, __ATOMIC_RELAXED);
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        allocs += __atomic_load_n(&memalloc_classes[c].refills, __ATOMIC_RELAXED);
+    unsigned decay = decay_for_pass();
+    if (decay == 1 && allocs == allocs_at_pass)
+        decay = 0;
+    allocs_at_pass = allocs;
+    chunk_purge_pass(decay);
     heap_lock();
-    purge_locked(false);
+    purge_locked(false, decay);
     heap_unlock();
     __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
 }
@@ -615,6 +658,7 @@ void *large_alloc(size_t size, size_t align, size_t *dirty_user)
     b->requested = size;
     map_set(s, MAP_SPAN);
     H.st.large_in_use += span_bytes(s);
+    H.large_allocs++;
     H.st.large_blocks++;
     heap_unlock();
     *dirty_user = dirty > off ? dirty - off : 0;
@@ -702,7 +746,7 @@ int heap_trim(size_t pad)
     heap_lock();
     bool released = shrink_top(pad);
     /* Free space below the top cannot go back with sbrk: madvise it. */
-    released |= purge_locked(true);
+    released |= purge_locked(true, 0);
     heap_unlock();
     return released;
 }

@@ -178,7 +178,7 @@ struct size_class {
     unsigned parked;
     uint16_t parked_count[XFER_SLOTS];
     void *parked_list[XFER_SLOTS];
-    uint32_t refills;               /* batches handed to thread caches */
+    uint32_t refills;               /* batches or blocks handed out from the pool */
     /* statistics, under the lock */
     size_t in_use, peak, chunks;
 } __attribute__((aligned(64)));
@@ -205,16 +205,17 @@ HIDDEN void chunk_free(struct chunk *c, void *p, const char *func);
 HIDDEN size_t chunk_release_spares(void);
 HIDDEN size_t chunk_block_size(struct chunk *c, const void *p, const char *func);
 HIDDEN unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n);
-HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n);
+HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park);
 HIDDEN bool chunk_parked_holds(unsigned cls, const void *p);
 HIDDEN size_t chunk_parked_blocks(unsigned cls);    /* class lock held */
 HIDDEN void chunk_unpark(unsigned cls);
 HIDDEN void chunk_unpark_all(void);
 HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
 HIDDEN bool chunk_block_live(const struct chunk *c, const void *p);
-HIDDEN void chunk_purge_pass(void);
+HIDDEN void chunk_purge_pass(unsigned decay);
 HIDDEN void chunk_purge_everything(void);
 HIDDEN size_t chunk_purged_bytes(void);
+HIDDEN size_t chunk_reused_bytes(void);
 HIDDEN void chunk_check_begin(void);
 HIDDEN int chunk_check_end(void);
 
@@ -288,6 +289,7 @@ enum option_id {
     OPT_PURGE_LAZY,                 /* MADV_FREE (1) instead of MADV_DONTNEED */
     OPT_PURGE_SHARE,                /* passes at least heap/N apart (0: off) */
     OPT_RETAIN_MAX,                 /* cap of the top space kept after big frees */
+    OPT_PURGE_DECAY,                /* pass intervals before a purge (0: adapt) */
     OPT_COUNT
 };
 

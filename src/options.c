@@ -38,6 +38,7 @@ static const struct option_desc option_table[OPT_COUNT] = {
     [OPT_PURGE_LAZY]     = {"MEMALLOC_PURGE_LAZY", 0, 0, 1},
     [OPT_PURGE_SHARE]    = {"MEMALLOC_PURGE_SHARE", 16, 0, 1 << 20},
     [OPT_RETAIN_MAX]     = {"MEMALLOC_RETAIN_MAX", 32 << 20, 0, PTRDIFF_MAX},
+    [OPT_PURGE_DECAY]    = {"MEMALLOC_PURGE_DECAY", 0, 0, 1 << 20},
 };
 
 /* The defaults hold from the first call, before the environment is read. */
@@ -47,6 +48,7 @@ long memalloc_options[OPT_COUNT] HIDDEN = {
     [OPT_PURGE_THRESHOLD] = 2 << 20,
     [OPT_PURGE_SHARE] = 16,
     [OPT_RETAIN_MAX] = 32 << 20,
+    [OPT_PURGE_DECAY] = 0,
 };
 
 extern char **__environ;
