@@ -70,6 +70,9 @@ struct memalloc_stats {
     size_t released_sbrk;       /* given back with a negative sbrk, total */
     size_t chunks;              /* small-class chunks now                 */
     size_t large_blocks;        /* large blocks handed out now            */
+    size_t released_madvise;    /* given back with madvise, total         */
+    size_t small_held;          /* bytes of the small-class chunks now    */
+    size_t cached_bytes;        /* small blocks in thread caches / parked */
 };
 void memalloc_get_stats(struct memalloc_stats *out);
 

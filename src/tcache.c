@@ -300,6 +300,16 @@ void tcache_fork_child(void)
 
 /* ---- statistics and checking --------------------------------------------------- */
 
+size_t tcache_count(void)
+{
+    size_t n = 0;
+    tcache_list_lock();
+    for (struct tcache *t = all_caches; t; t = t->next)
+        n++;
+    tcache_list_unlock();
+    return n;
+}
+
 /* Blocks of class cls that the pool counts as in use but the program does
  * not hold: those in caches, and the caches' own structures. */
 size_t tcache_cached_blocks(unsigned cls)

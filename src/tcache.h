@@ -109,6 +109,7 @@ HIDDEN void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const c
 HIDDEN void tcache_flush_all(struct tcache *t);
 HIDDEN bool tcache_holds(const void *p);
 HIDDEN size_t tcache_cached_blocks(unsigned cls);
+HIDDEN size_t tcache_count(void);
 HIDDEN void tcache_list_lock(void);
 HIDDEN void tcache_list_unlock(void);
 HIDDEN void tcache_fork_child(void);

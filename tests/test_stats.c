@@ -5,7 +5,10 @@
  * the heap shrinks on free alone (no malloc_trim) when large blocks on top
  * go, freed in reverse and in mixed order; and freed neighbours coalesce so
  * a block of their combined size lands at the lower one's address without
- * growing the break.
+ * growing the break.  The footprint figures: small_held covers what is in
+ * use, cached_bytes what thread caches keep, released_madvise grows when
+ * malloc_trim gives back pages inside chunks; mallinfo2's other fields
+ * match; malloc_stats() prints the per-class table and every heap total.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -322,6 +325,89 @@ static void *pinning_thread(void *arg)
     return NULL;
 }
 
+/* Blocks of 1000 bytes, all freed but one in 64: their chunks keep a few
+ * blocks each, and the pages between go back on malloc_trim. */
+static void test_footprint_fields(void)
+{
+    enum { N = 2048 };
+    static void *b[N];
+    memalloc_malloc_trim(0);
+    struct memalloc_stats s0 = stats();
+    for (int i = 0; i < N; i++) {
+        b[i] = memalloc_malloc(1000);
+        CHECK(b[i] != NULL, "malloc(1000)");
+        if (b[i])
+            memset(b[i], 0x5a, 1000);
+    }
+    struct memalloc_stats s1 = stats();
+    CHECK(s1.small_held >= s1.small_in_use, "small_held %zu < small_in_use %zu", s1.small_held,
+          s1.small_in_use);
+    CHECK(s1.small_held - s0.small_held >= (size_t)N * 1000,
+          "small_held grew by %zu for %d x 1000 bytes", s1.small_held - s0.small_held, N);
+    for (int i = 0; i < N; i++)
+        if (i % 64)
+            memalloc_free(b[i]);
+    struct memalloc_stats s2 = stats();
+    CHECK(s2.cached_bytes > 0 && s2.cached_bytes <= (size_t)N * 1024,
+          "cached_bytes %zu after freeing most blocks", s2.cached_bytes);
+    struct memalloc_mallinfo2 mi = memalloc_mallinfo2();
+    CHECK(mi.fsmblks == s2.cached_bytes, "mallinfo2.fsmblks %zu != cached_bytes %zu", mi.fsmblks,
+          s2.cached_bytes);
+    CHECK(mi.hblkhd == s2.large_in_use, "mallinfo2.hblkhd %zu != large_in_use %zu", mi.hblkhd,
+          s2.large_in_use);
+    CHECK(mi.keepcost == s2.free_bytes, "mallinfo2.keepcost %zu != free_bytes %zu", mi.keepcost,
+          s2.free_bytes);
+    CHECK(mi.fordblks == s2.heap_bytes - mi.uordblks, "mallinfo2.fordblks %zu, want %zu",
+          mi.fordblks, s2.heap_bytes - mi.uordblks);
+    int t = memalloc_malloc_trim(0);
+    struct memalloc_stats s3 = stats();
+    CHECK(t == 1, "malloc_trim with free pages inside chunks returned %d", t);
+    /* What stays is the cache's own structure, a small block itself. */
+    CHECK(s3.cached_bytes <= 4096, "malloc_trim left %zu bytes in this thread's cache",
+          s3.cached_bytes);
+    /* 1000-byte blocks: four to a page, so the 63 freed blocks between two
+     * survivors free at least 14 whole pages. */
+    CHECK(s3.released_madvise - s2.released_madvise >= (size_t)(N / 64) * 14 * 4096,
+          "malloc_trim gave back %zu bytes with madvise", s3.released_madvise - s2.released_madvise);
+    for (int i = 0; i < N; i += 64)
+        memalloc_free(b[i]);
+    CHECK_HEAP("footprint fields");
+}
+
+/* malloc_stats() writes the report to stderr: catch it in a pipe. */
+static void test_report(void)
+{
+    void *keep = memalloc_malloc(200);
+    int fds[2];
+    if (pipe(fds) != 0) {
+        CHECK(0, "pipe failed");
+        return;
+    }
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fds[1], 2);
+    memalloc_malloc_stats();
+    dup2(saved, 2);
+    close(saved);
+    close(fds[1]);
+    static char out[1 << 16];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof out - 1 && (r = read(fds[0], out + n, sizeof out - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fds[0]);
+    static const char *const want[] = {
+        "class     size    in use      peak  chunks  held KiB  in use KiB   cached",
+        "small bytes held:", "small bytes in use:", "thread caches:", "blocks in caches:",
+        "heap bytes now:", "heap bytes at peak:", "returned with sbrk:", "returned with madvise:",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        CHECK(strstr(out, want[i]) != NULL, "malloc_stats() output lacks \"%s\"", want[i]);
+    CHECK(strstr(out, "      208 ") != NULL, "malloc_stats() output has no row for class 208");
+    memalloc_free(keep);
+}
+
 static void test_thread_first_small_malloc(void)
 {
     pthread_t t;
@@ -345,6 +431,8 @@ int main(void)
     test_coalesce();
     test_counts();
     test_shrink_without_trim();
+    test_footprint_fields();
+    test_report();
     test_thread_first_small_malloc();
     CHECK_HEAP("end");
     return check_report("test_stats");
