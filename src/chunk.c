@@ -61,17 +61,18 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
 
 /* ---- purging: free pages inside chunks go back with madvise --------------- */
 
-/* Which chunks a pass purges: sparse ones, at most an eighth of their
- * blocks in use, the state a chunk is left in when a program frees most of
- * what it held.  A busier chunk has few whole free pages, and its free
- * blocks are the first to be handed out again: purging them costs a madvise
- * now and page faults soon.  Measured on bench/workloads (see README):
- * purging every idle chunk made server 45% slower, nearly all of it in page
- * faults; a quarter instead of an eighth made cache 20% slower for 25% less
- * memory after its shrinks.  A chunk goes on its class's candidate list
- * when a block comes back to it; a pass purges the candidates that no
- * block was taken from or put back to during the previous pass interval, a
- * decay counted in passes like the heap's. */
+/* Which chunks a pass purges: sparse ones, at most 1/SPARSE_DIV of their
+ * blocks in use (half, for blocks of a page or more, where every free block
+ * is whole pages), the state a chunk is left in when a program frees most
+ * of what it held.  A busier chunk of small blocks has few whole free
+ * pages, and its free blocks are the first to be handed out again: purging
+ * them costs a madvise now and page faults soon.  (Purging every idle
+ * chunk made bench/workloads' server 45% slower, nearly all of it in page
+ * faults; 1/4 instead of 1/16 made cache 20% slower for a quarter less
+ * memory after its shrinks.)  A chunk goes on its class's candidate list
+ * when a block coming back makes it sparse; a pass purges the candidates
+ * that no block was taken from or put back to during the last `decay` pass
+ * intervals (heap.c decides the decay). */
 #define SPARSE_DIV 16
 static uint32_t purge_epoch = 1;
 static size_t purged_bytes;         /* statistics, atomic */

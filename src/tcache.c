@@ -195,7 +195,9 @@ static void make_room(struct tcache *t, unsigned cls)
         chunk_unpark(cls);
         return;
     }
-    if (b->flushed < COLLAPSE_BATCHES)
+    if (wanted)                     /* only batches in a row that nobody wanted count */
+        b->flushed = 1;
+    else if (b->flushed < COLLAPSE_BATCHES)
         b->flushed++;
 }
 
