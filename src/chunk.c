@@ -11,8 +11,8 @@
  *     alike; blocks from `carved` up were never handed out;
  *   - in_use == popcount(used_map); no free block sits below word `hint`;
  *   - a page set in purged_map holds only free blocks and was given back
- *     with madvise; purged == popcount(purged_map); fast_limit is 0 while
- *     purged != 0 and carved otherwise;
+ *     with madvise; purged == popcount(purged_map); purged_mask is the OR
+ *     of purged_map's words;
  *   - a chunk is on its class's partial list exactly when it has room and
  *     is not the class's spare; an empty chunk is either the spare or given
  *     back to the heap at once;
@@ -138,9 +138,23 @@ static void give_back(char *from, char *to)
         __atomic_add_fetch(&purged_bytes, (size_t)(to - from), __ATOMIC_RELAXED);
 }
 
+static uint64_t purged_mask_for(const struct chunk *c)
+{
+    uint64_t mask = 0;
+    for (size_t w = 0; w < CHUNK_MAX_PAGES / 64; w++)
+        mask |= c->purged_map[w];
+    return mask;
+}
+
+static void set_purged_mask(struct chunk *c)
+{
+    __atomic_store_n(&c->purged_mask, purged_mask_for(c), __ATOMIC_RELEASE);
+}
+
 /* madvise every page of c that holds only free blocks and may hold data,
  * in runs.  The header page stays.  Class lock held: a block cannot be
- * taken from a page while it is being purged. */
+ * taken from a page while it is being purged.  The fast path's mask is
+ * set before the pages lose their free keys. */
 static void purge_chunk(struct chunk *c)
 {
     const size_t npages = c->s.units * (UNIT / PAGE);
@@ -149,16 +163,23 @@ static void purge_chunk(struct chunk *c)
         size_t touched = c->data_off + (size_t)c->carved * c->size;
         end = (touched + PAGE - 1) / PAGE;
     }
-    char *run = NULL;
-    for (size_t pg = (c->data_off + PAGE - 1) / PAGE; pg < end; pg++) {
+    uint64_t fresh_bits[CHUNK_MAX_PAGES / 64] = {0};
+    size_t first_pg = (c->data_off + PAGE - 1) / PAGE;
+    for (size_t pg = first_pg; pg < end; pg++) {
         size_t lo = (pg * PAGE - c->data_off) / c->size;
         size_t hi = ((pg + 1) * PAGE - 1 - c->data_off) / c->size;
         if (hi >= c->capacity)
             hi = c->capacity - 1;
-        bool take = !bit_get(c->purged_map, pg) && lo <= hi && all_free(c, lo, hi);
-        if (take) {
+        if (!bit_get(c->purged_map, pg) && lo <= hi && all_free(c, lo, hi)) {
             c->purged_map[pg / 64] |= (uint64_t)1 << (pg % 64);
+            fresh_bits[pg / 64] |= (uint64_t)1 << (pg % 64);
             c->purged++;
+        }
+    }
+    set_purged_mask(c);
+    char *run = NULL;
+    for (size_t pg = first_pg; pg <= end; pg++) {
+        if (pg < end && bit_get(fresh_bits, pg)) {
             if (!run)
                 run = (char *)c + pg * PAGE;
         } else if (run) {
@@ -166,10 +187,6 @@ static void purge_chunk(struct chunk *c)
             run = NULL;
         }
     }
-    if (run)
-        give_back(run, (char *)c + end * PAGE);
-    if (c->purged)
-        __atomic_store_n(&c->fast_limit, 0, __ATOMIC_RELAXED);
 }
 
 /* Purge the candidates of every class that nobody touched during the last
@@ -245,7 +262,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     c->capacity = sc->capacity;
     c->in_use = 0;
     c->carved = 0;
-    c->fast_limit = 0;
+    c->purged_mask = 0;
     c->hint = 0;
     c->purged = 0;
     c->listed = 0;
@@ -309,8 +326,7 @@ static NOINLINE void unpurge(struct chunk *c, size_t idx)
     }
     if (reused)
         __atomic_add_fetch(&reused_bytes, reused, __ATOMIC_RELAXED);
-    if (!c->purged)
-        __atomic_store_n(&c->fast_limit, c->carved, __ATOMIC_RELAXED);
+    set_purged_mask(c);
 }
 
 /* The lowest free block: keeping the low blocks busy leaves whole pages
@@ -326,13 +342,10 @@ static inline void *take_block(struct chunk *c, bool *was_carved)
     c->used_map[w] |= (uint64_t)1 << (idx % 64);
     c->in_use++;
     *was_carved = idx < c->carved;
-    if (!*was_carved) {
-        __atomic_store_n(&c->carved, (uint32_t)idx + 1, __ATOMIC_RELAXED);
-        if (!c->purged)
-            __atomic_store_n(&c->fast_limit, c->carved, __ATOMIC_RELAXED);
-    }
     if (unlikely(c->purged))
         unpurge(c, idx);
+    if (!*was_carved)
+        __atomic_store_n(&c->carved, (uint32_t)idx + 1, __ATOMIC_RELAXED);
     return (char *)c + c->data_off + idx * c->size;
 }
 
@@ -722,8 +735,8 @@ int chunk_check(struct chunk *c)
     }
     if (purged != c->purged)
         bad += chunk_complain("purged page count is wrong", c);
-    if (c->fast_limit != (c->purged ? 0 : c->carved))
-        bad += chunk_complain("fast-path limit disagrees with carved and purged", c);
+    if (c->purged_mask != purged_mask_for(c))
+        bad += chunk_complain("fast-path mask disagrees with the purged pages", c);
     bool on_list = false;
     for (const struct chunk *q = sc->cand; q; q = q->cand_next)
         if (q == c)

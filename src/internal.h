@@ -119,14 +119,16 @@ struct chunk {
     uint32_t data_off;              /* offset of block 0 from the chunk start */
     uint32_t carved;                /* blocks below have been handed out once */
     uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
-    uint32_t capacity;              /* blocks that fit */
-    uint32_t fresh;                 /* memory came straight from sbrk: zero */
-    /* The lock-free free path trusts blocks below this index: `carved`,
-     * or 0 while some page is purged, because a free block on a purged page
-     * has lost the key that marks it free and only its bit can tell. */
-    uint32_t fast_limit;
+    /* Bit k is set while some purged page has an index == k modulo 64: the
+     * OR of the words of purged_map.  A free block on a purged page has lost
+     * the key that marks it free and only its bit can tell, so the
+     * lock-free free path leaves blocks whose key word sits on a page with
+     * its bit set to the slow path.  Exact for chunks of up to 64 pages. */
+    uint64_t purged_mask;
     /* --- written under the class lock --- */
     uint32_t in_use __attribute__((aligned(64)));   /* blocks handed out */
+    uint32_t capacity;              /* blocks that fit */
+    uint32_t fresh;                 /* memory came straight from sbrk: zero */
     uint32_t hint;                  /* no free block in used_map words below */
     uint32_t purged;                /* pages set in purged_map */
     uint32_t touched;               /* purge epoch of the last block taken or put back */

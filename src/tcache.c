@@ -47,8 +47,8 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * from, which keeps whole chunks from going back to the heap after a
  * program frees a big structure.  Such a bin collapses: its class's parked
  * batches go back to their chunks, and the bin keeps only an eighth of its
- * usual limit (1 to 8 blocks), flushed whole each time it fills, until some
- * thread refills the class again.  Measured on bench/workloads/footprint:
+ * usual limit (1 to 8 blocks), flushed whole each time it fills, until a
+ * refill of the bin or of the class by another thread turns it back.  Measured on bench/workloads/footprint:
  * without collapsing, the cached blocks kept 230 MB resident after every
  * block was freed; collapsing to nothing (every free locked) made
  * bench/micro's BM_batch_shuffled/100000 four times slower. */
@@ -63,8 +63,9 @@ static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
     size_t n = bytes / memalloc_classes[cls].size;
     return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
 }
+#define BIN_MOST 1024               /* no bin ever holds more */
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, (size_t)16 << 10, 64); }
-static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, 1024); }
+static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, (size_t)64 << 10, BIN_MOST); }
 static uint16_t bin_collapsed(unsigned cls)
 {
     uint16_t n = bin_max(cls) / 8;
@@ -124,7 +125,7 @@ void tcache_flush_all(struct tcache *t)
  * may hide p (the free then proceeds, as without caches), never crash us. */
 static bool bin_contains(const struct tbin *b, const void *p)
 {
-    uint32_t left = __atomic_load_n(&b->max, __ATOMIC_RELAXED);
+    uint32_t left = BIN_MOST;
     void *const *q = __atomic_load_n(&b->head, __ATOMIC_RELAXED);
     void *meta;
     while (q && left-- > 0 && ptr_lookup(q, &meta) == PTR_SMALL) {
@@ -175,14 +176,6 @@ static void make_room(struct tcache *t, unsigned cls)
         return;
     }
     bool wanted = class_wanted(t, cls);
-    if (b->flushed == COLLAPSED) {
-        flush(t, cls, b->count, false);
-        if (wanted) {
-            b->max = bin_max(cls);
-            b->flushed = 1;
-        }
-        return;
-    }
     uint32_t batch = b->max / 2 ? b->max / 2 : 1;
     flush(t, cls, batch, wanted);
     size_t batch_bytes = (size_t)batch * memalloc_classes[cls].size;
@@ -201,19 +194,38 @@ static void make_room(struct tcache *t, unsigned cls)
         b->flushed++;
 }
 
+/* A free into a full collapsed bin: the stash goes back to the chunks
+ * whole, and the bin turns back to normal if some thread refilled the
+ * class meanwhile (a refill of this bin does that by itself). */
+static void collapsed_flush(struct tcache *t, unsigned cls)
+{
+    struct tbin *b = &t->bins[cls];
+    flush(t, cls, b->count, false);
+    if (class_wanted(t, cls)) {
+        b->max = bin_max(cls);
+        b->flushed = 1;
+    }
+}
+
 /* Every small free that the hot path did not finish: t may be NULL (no
  * cache in this thread), p may be anything inside a chunk.  The hot path
- * gives up on blocks of chunks with purged pages, where the free key may be
- * gone; here the chunk's bitmap decides. */
+ * gives up on full or collapsed bins and on blocks whose page was purged,
+ * where the free key may be gone; here the hot path's checks are tried
+ * again and, where they cannot tell, the chunk's bitmap decides. */
 void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
 {
     if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
         fatal_pointer(func, "double free", p);
     struct tbin *b = NULL;
-    if (t && chunk_block_live(c, p) && c->cls < TC_CLASSES) {
+    if (t && c->cls < TC_CLASSES && c->s.kind == SPAN_CHUNK &&
+        (tcache_block_plausible(c, p) || chunk_block_live(c, p))) {
         b = &t->bins[c->cls];
-        if (b->count >= b->max)
-            make_room(t, c->cls);
+        if (b->count >= b->max) {
+            if (b->flushed == COLLAPSED)
+                collapsed_flush(t, c->cls);
+            else
+                make_room(t, c->cls);
+        }
     }
     if (!b) {                       /* uncached class, or not a live block */
         chunk_free(c, p, func);

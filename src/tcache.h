@@ -30,7 +30,7 @@
 struct tbin {
     void *head;
     uint32_t count;
-    uint16_t max;                   /* 0: the class bypasses this cache for now */
+    uint16_t max;                   /* blocks the bin may hold now */
     uint16_t flushed;               /* batches flushed since the last refill */
 };
 
@@ -61,31 +61,47 @@ static inline void *tcache_pop(struct tcache *t, unsigned cls)
     return p;
 }
 
+/* Is p, inside chunk c, a block that may be freed into a cache without
+ * the lock: a carved block, not carrying the free key, whose page was not
+ * purged?  False leaves it to the bitmap, which decides for sure. */
+static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    /* off is below 2^21 for any p inside the chunk's units, or wraps to a
+     * value no multiple of the size can equal; the multiple check also
+     * rejects misaligned pointers (sizes and data_off are multiples of 16). */
+    uintptr_t off = a - (uintptr_t)c - c->data_off;
+    size_t idx = (size_t)((off * c->div_mul) >> 40);
+    if (unlikely(idx * c->size != off))
+        return false;
+    /* The key first, then the mask: a purge sets the mask before its
+     * madvise wipes the keys, so a key already wiped comes with its page's
+     * bit already set.  Blocks past carved were never handed out. */
+    uintptr_t key = __atomic_load_n(&((const uintptr_t *)p)[1], __ATOMIC_ACQUIRE);
+    uintptr_t page = (a - (uintptr_t)c) / PAGE;    /* p's page holds the key too */
+    return likely(idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
+                  !((__atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED) >> (page & 63)) & 1) &&
+                  key != memalloc_tc_key);
+}
+
 /* The bin p may go into: p is a valid small block of a cached class, does
  * not look freed already, and the bin has room.  NULL leaves p to the slow
  * path, which validates and reports.  Writes nothing. */
 static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 {
-    uintptr_t a = (uintptr_t)p;
+    uintptr_t a = (uintptr_t)p, base = memalloc_heap_base;
     /* One compare covers both ends of the heap range. */
-    if (unlikely(a - memalloc_heap_base >=
-                 __atomic_load_n(&memalloc_heap_limit, __ATOMIC_RELAXED) - memalloc_heap_base))
+    if (unlikely(a - base >= __atomic_load_n(&memalloc_heap_limit, __ATOMIC_RELAXED) - base))
         return NULL;
     size_t u = unit_index(a);
     uint8_t m = memalloc_unit_map[u];
     if (unlikely(!(m & MAP_SMALL)))
         return NULL;
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
-    /* off is below 2^21 for any p inside the chunk's units, or wraps to a
-     * value no multiple of the size can equal; the multiple check also
-     * rejects misaligned pointers (sizes and data_off are multiples of 16). */
-    uintptr_t off = a - (uintptr_t)c - c->data_off;
-    size_t idx = (size_t)((off * c->div_mul) >> 40);
-    if (unlikely(idx * c->size != off ||
-                 idx >= __atomic_load_n(&c->fast_limit, __ATOMIC_RELAXED)))
+    if (unlikely(!tcache_block_plausible(c, p)))
         return NULL;
     struct tbin *b = &t->bins[c->cls];
-    if (unlikely(((void *const *)p)[1] == (void *)memalloc_tc_key || b->count >= b->max))
+    if (unlikely(b->count >= b->max))
         return NULL;
     return b;
 }

@@ -9,14 +9,14 @@
  *      memalloc_malloc_trim(0) returns 1 and purges exactly the pages whose
  *      overlapping blocks are all free (never the header page) and takes
  *      the chunk off the candidate list: c->purged and the bits of
- *      c->purged_map match a model computed from the blocks, fast_limit is
- *      0, mincore(2) says the purged pages are gone and the pages of the
+ *      c->purged_map match a model computed from the blocks, purged_mask
+ *      (the fast path's bits) is their OR and not 0, mincore(2) says the purged pages are gone and the pages of the
  *      live blocks are resident, purged pages read as zero, the live blocks
  *      keep their pattern.  Allocating again hands the free blocks out
  *      lowest first at their old addresses, not claiming zeroed, with every
  *      byte on a purged page zero; each page's bit clears as soon as a block
  *      on it is handed out (c->purged follows the model block by block) and
- *      fast_limit comes back to carved with the last purged page.  For a
+ *      purged_mask clears with the last purged page.  For a
  *      one-unit class with blocks straddling pages, a class of multi-page
  *      blocks, and a multi-unit class (pages past the first unit).
  *   2. purge passes (chunk_purge_pass): a dense chunk (in_use * 16 >
@@ -35,14 +35,14 @@
  *      free" for the double frees).  A single free of the live block in a
  *      child succeeds and leaves memalloc_check() at 0.
  *   4. the slow free path: blocks from memalloc_malloc (thread cache when
- *      there is one), their chunk purged by malloc_trim, so fast_limit is
- *      0; memalloc_free of a live block of that chunk works: it lands in
+ *      there is one), their chunk purged by malloc_trim, so purged_mask is
+ *      set; memalloc_free of a live block of that chunk works: it lands in
  *      this thread's bin (junk-filled under MALLOC_PERTURB_, which turns off
  *      only the hot path), or goes back to the chunk when there is no cache;
  *      the next memalloc_malloc returns a live block of the class (the same
  *      one from the cache), and memalloc_check() stays 0.  Allocating on
  *      through memalloc_malloc (batch refills) unpurges every page and
- *      gives fast_limit back; freeing it all and trimming leaves the class
+ *      clears purged_mask; freeing it all and trimming leaves the class
  *      empty.
  *   5. statistics: heap_get_stats' released_madvise and chunk_purged_bytes
  *      grow by at least the purged bytes of each trim or pass, and
@@ -71,6 +71,17 @@
 #include "check.h"
 
 /* ---- helpers ------------------------------------------------------------- */
+
+
+/* The fast path's mask: bit k set exactly when a purged page's index is k
+ * modulo 64. */
+static bool mask_ok(const struct chunk *c)
+{
+    uint64_t m = 0;
+    for (size_t w = 0; w < CHUNK_MAX_PAGES / 64; w++)
+        m |= c->purged_map[w];
+    return c->purged_mask == m;
+}
 
 static struct chunk *chunk_of(const void *p)
 {
@@ -201,8 +212,8 @@ static void verify_purged(const char *phase, struct chunk *c, const bool *live,
             break;
         }
     CHECK(!purged_bit(c, 0), "%s: the header page is marked purged", phase);
-    CHECK(c->fast_limit == (n_want ? 0 : c->carved), "%s: fast_limit %u with %u purged pages "
-          "(carved %u)", phase, c->fast_limit, c->purged, c->carved);
+    CHECK(mask_ok(c) && (c->purged_mask != 0) == (n_want != 0), "%s: mask set %u with %u purged pages "
+          "(carved %u)", phase, (unsigned)(c->purged_mask != 0), c->purged, c->carved);
 
     if (can_check_residency()) {
         unsigned char vec[CHUNK_MAX_PAGES];
@@ -256,9 +267,9 @@ static struct chunk *fill_chunk(unsigned cls, void **blk)
         fill(blk[i], sc->size, i);
     }
     CHECK(c->carved == c->capacity && c->in_use == c->capacity && c->purged == 0 &&
-          c->fast_limit == c->carved,
-          "class %u: full chunk carved %u in_use %u purged %u fast_limit %u", cls, c->carved,
-          c->in_use, c->purged, c->fast_limit);
+          c->purged_mask == 0,
+          "class %u: full chunk carved %u in_use %u purged %u mask set %u", cls, c->carved,
+          c->in_use, c->purged, (unsigned)(c->purged_mask != 0));
     return c;
 }
 
@@ -356,14 +367,14 @@ static void test_trim(unsigned cls, const size_t *keep, size_t nkeep)
         for (size_t pg = first_page(c, i); pg <= last_page(c, i); pg++)
             CHECK(!purged_bit(c, pg), "page %zu of block %zu handed out still marked purged",
                   pg, i);
-        CHECK(c->fast_limit == (left ? 0 : c->carved), "after block %zu: fast_limit %u, "
-              "purged %zu, carved %u", i, c->fast_limit, left, c->carved);
+        CHECK(mask_ok(c) && (c->purged_mask != 0) == (left != 0), "after block %zu: mask set %u, "
+              "purged %zu, carved %u", i, (unsigned)(c->purged_mask != 0), left, c->carved);
         if (c->purged != left)
             break;
     }
-    CHECK(c->in_use == cap && c->purged == 0 && c->fast_limit == c->carved &&
-          c->carved == cap, "refilled chunk: in_use %u purged %u fast_limit %u carved %u",
-          c->in_use, c->purged, c->fast_limit, c->carved);
+    CHECK(c->in_use == cap && c->purged == 0 && c->purged_mask == 0 &&
+          c->carved == cap, "refilled chunk: in_use %u purged %u mask set %u carved %u",
+          c->in_use, c->purged, (unsigned)(c->purged_mask != 0), c->carved);
     CHECK(chunk_reused_bytes() - reused0 == n_want * PAGE,
           "chunk_reused_bytes grew by %zu, want the %zu purged pages", chunk_reused_bytes() -
           reused0, n_want);
@@ -419,9 +430,9 @@ static void test_pass(unsigned cls)
           c->listed);
     for (int k = 0; k < 3; k++)
         chunk_purge_pass(0);
-    CHECK(c->purged == 0 && c->fast_limit == c->carved,
-          "passes purged a dense chunk (in_use %u of %zu): purged %u fast_limit %u", c->in_use,
-          cap, c->purged, c->fast_limit);
+    CHECK(c->purged == 0 && c->purged_mask == 0,
+          "passes purged a dense chunk (in_use %u of %zu): purged %u mask set %u", c->in_use,
+          cap, c->purged, (unsigned)(c->purged_mask != 0));
 
     /* Sparse: a candidate, purged once untouched for `decay` intervals. */
     free_block(c, blk[sparse]);
@@ -599,8 +610,8 @@ static void test_misuse(unsigned cls)
             free_block(c, blk[i]);
     size_t n_want = model(c, live, state, want);
     memalloc_malloc_trim(0);
-    CHECK(c->purged == n_want && c->fast_limit == 0, "setup: purged %u (want %zu), fast_limit "
-          "%u", c->purged, n_want, c->fast_limit);
+    CHECK(c->purged == n_want && c->purged_mask != 0 && mask_ok(c), "setup: purged %u (want %zu), purged_mask "
+          "%u", c->purged, n_want, (unsigned)(c->purged_mask != 0));
     /* A freed block lying wholly on purged pages, and a live one. */
     size_t gone = cap;
     for (size_t i = 0; i < cap && gone == cap; i++) {
@@ -684,8 +695,8 @@ static void test_slow_free(unsigned cls)
         }
     memalloc_malloc_trim(0);    /* flushes the caches, then purges */
     CHECK(c->in_use == 2, "after malloc_trim: in_use %u, want the 2 blocks held", c->in_use);
-    CHECK(c->purged > 0 && c->fast_limit == 0, "after malloc_trim: purged %u fast_limit %u",
-          c->purged, c->fast_limit);
+    CHECK(c->purged > 0 && c->purged_mask != 0 && mask_ok(c), "after malloc_trim: purged %u mask set %u",
+          c->purged, (unsigned)(c->purged_mask != 0));
     CHECK_HEAP("malloc_trim of a chunk filled by malloc");
 
     /* The free that the fast path must refuse. */
@@ -717,8 +728,8 @@ static void test_slow_free(unsigned cls)
         memset(q, 0x77, size);
     }
     CHECK(intact(blk[k1], size, k1), "the other live block lost its data");
-    CHECK(c->purged == 0 || c->fast_limit == 0, "purged %u with fast_limit %u", c->purged,
-          c->fast_limit);
+    CHECK(mask_ok(c), "purged %u with mask set %u", c->purged,
+          (unsigned)(c->purged_mask != 0));
     CHECK_HEAP("malloc after the slow-path free");
 
     /* Allocate on until every purged page is back in use (refills take the
@@ -732,8 +743,8 @@ static void test_slow_free(unsigned cls)
             break;
         memset(more[nmore++], 0x55, size);
     }
-    CHECK(c->purged == 0 && c->fast_limit == c->carved, "after %zu more mallocs: purged %u "
-          "fast_limit %u carved %u", nmore, c->purged, c->fast_limit, c->carved);
+    CHECK(c->purged == 0 && c->purged_mask == 0, "after %zu more mallocs: purged %u "
+          "mask set %u carved %u", nmore, c->purged, (unsigned)(c->purged_mask != 0), c->carved);
     CHECK(intact(blk[k1], size, k1), "the other live block lost its data");
     CHECK_HEAP("unpurging through malloc");
     for (size_t i = 0; i < nmore; i++)
