@@ -284,9 +284,10 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     return c;
 }
 
-/* The chunk's pages that may still be resident: what its retirement adds
- * to the free memory waiting for a purge pass.  Counting freed bytes alone
- * would miss that freeing one small block can leave a whole page free. */
+/* The chunk's pages that may still be resident: what it adds to the free
+ * memory waiting for a purge pass when it turns sparse.  Counting freed
+ * bytes instead would miss that freeing one small block can leave a whole
+ * page free, and would count every block of a busy chunk's churn. */
 static size_t resident_estimate(const struct chunk *c)
 {
     size_t pages = c->s.units * (UNIT / PAGE);
@@ -306,7 +307,7 @@ static void chunk_retire(struct size_class *sc, struct chunk *c)
     for (size_t k = 1; k < c->s.units; k++)
         memalloc_unit_map[u + k] = MAP_NONE;
     sc->chunks--;
-    heap_free_span(&c->s);
+    heap_free_span(&c->s, resident_estimate(c));
 }
 
 /* ---- taking and putting back blocks (class lock held) -------------------- */

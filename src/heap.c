@@ -39,6 +39,9 @@ static struct {
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
     size_t large_allocs;            /* large blocks ever handed out */
+    size_t dirty_after_pass;        /* dirty_free as the last pass left it */
+    size_t chunk_dirt;              /* dirt that retired chunks brought, total */
+    size_t chunk_dirt_at_pass;      /* ... as of the last pass */
     uint64_t epoch;                 /* purge passes so far */
     struct heap_stats st;
 } H;
@@ -387,9 +390,10 @@ static bool purge_locked(bool all, unsigned decay)
 
 /* ---- when to purge --------------------------------------------------------- */
 
-/* Bytes that became free since the last pass, in chunks or as free spans:
- * one count, so that free memory waiting for a pass is bounded by one
- * threshold whichever way it was freed. */
+/* Memory that became purgeable since the last pass, in chunks (noted here
+ * as chunks turn sparse) or as free spans (the growth of their dirt): one
+ * count, so that free memory waiting for a pass is bounded by one threshold
+ * whichever way it was freed. */
 static size_t dirty_pending;        /* atomic */
 static size_t next_look;            /* atomic: pending worth a look at the threshold */
 static int pass_running;            /* atomic */
@@ -438,7 +442,15 @@ void purge_note(size_t bytes)
  * again only when pending has covered half the distance to it. */
 void purge_maybe(void)
 {
-    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED);
+    /* Free spans count by how much their dirt grew since the last pass, so
+     * that a large block freed and taken again and again adds nothing;
+     * less what retired chunks brought, which chunk.c noted. */
+    size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED) -
+                   (__atomic_load_n(&H.chunk_dirt, __ATOMIC_RELAXED) -
+                    __atomic_load_n(&H.chunk_dirt_at_pass, __ATOMIC_RELAXED));
+    size_t base = __atomic_load_n(&H.dirty_after_pass, __ATOMIC_RELAXED);
+    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED) +
+                     (dirty < (size_t)PTRDIFF_MAX && dirty > base ? dirty - base : 0);
     if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
                pending < (size_t)option(OPT_PURGE_THRESHOLD)))
         return;
@@ -467,6 +479,8 @@ void purge_maybe(void)
     chunk_purge_pass(decay);
     heap_lock();
     purge_locked(false, decay);
+    H.dirty_after_pass = H.dirty_free;
+    H.chunk_dirt_at_pass = H.chunk_dirt;
     heap_unlock();
     __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
 }
@@ -530,9 +544,7 @@ static size_t purged_dirty(const struct span *s)
 /* A span that was in use is all dirty. */
 static void release_used(struct span *s)
 {
-    size_t bytes = span_bytes(s);
-    release_locked(s, bytes);       /* s may be gone: shrunk away */
-    purge_note(bytes);
+    release_locked(s, span_bytes(s));
 }
 
 static size_t pad_units(void)
@@ -600,11 +612,15 @@ struct span *heap_alloc_span(size_t units, bool *fresh)
 
 /* The caller (a chunk being retired) has already cleared its map entries
  * beyond the first unit. */
-/* A chunk's memory was counted as dirty block by block as it came back. */
-void heap_free_span(struct span *s)
+/* A span given back by chunk.c, `dirty` of its bytes possibly resident
+ * (its purged pages are not).  Any nonzero amount makes the whole span
+ * count as dirty for calloc; the amount steers purge passes. */
+void heap_free_span(struct span *s, size_t dirty)
 {
     heap_lock();
-    release_locked(s, span_bytes(s));
+    dirty = dirty ? dirty : PAGE;
+    release_locked(s, dirty);
+    H.chunk_dirt += dirty;          /* chunk.c noted it already */
     heap_unlock();
 }
 
@@ -747,6 +763,8 @@ int heap_trim(size_t pad)
     bool released = shrink_top(pad);
     /* Free space below the top cannot go back with sbrk: madvise it. */
     released |= purge_locked(true, 0);
+    H.dirty_after_pass = H.dirty_free;
+    H.chunk_dirt_at_pass = H.chunk_dirt;
     heap_unlock();
     return released;
 }

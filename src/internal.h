@@ -229,7 +229,7 @@ struct heap_stats {
 };
 
 HIDDEN struct span *heap_alloc_span(size_t units, bool *fresh);
-HIDDEN void heap_free_span(struct span *s);
+HIDDEN void heap_free_span(struct span *s, size_t dirty);
 HIDDEN void *large_alloc(size_t size, size_t align, size_t *dirty_user);
 HIDDEN void large_free(struct large_block *b, const void *p, const char *func);
 HIDDEN bool large_resize_in_place(struct large_block *b, size_t size);

@@ -276,7 +276,7 @@ static void phase_best_fit(void)
     struct span *raw[] = {s1, s2, s3, s4, s5};
     for (size_t i = 0; i < 5; i++)
         if (raw[i])
-            heap_free_span(raw[i]);
+            heap_free_span(raw[i], raw[i]->units * U);
     CHECK(brk_now() == top, "freeing the grown span did not trim back");
     CHECK_HEAP("heap_alloc_span / heap_free_span");
     lfree(S1);
