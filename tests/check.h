@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -97,6 +99,18 @@ static inline uint64_t rng_next(uint64_t *s)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
+/* calloc from the C library the test links with (glibc's when the test
+ * uses the prefixed API), or exit: the test's own bookkeeping. */
+static inline void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+    if (!p) {
+        fprintf(stderr, "out of memory for the test's own bookkeeping\n");
+        exit(1);
+    }
+    return p;
+}
+
 /* ---- forked children ------------------------------------------------------------ */
 
 /* waitpid, retried on EINTR; the child's status. */
@@ -128,6 +142,62 @@ static inline size_t read_all(int fd, char *buf, size_t size)
     }
     buf[len] = '\0';
     return len;
+}
+
+/* Fork; in the child, with core dumps off and stderr into a pipe, call
+ * act(a, p) and exit 0.  The child's stderr lands in out (NUL-terminated,
+ * *len bytes); the result is its wait status, or -1 if it never ran. */
+static inline int run_captured(void (*act)(int, void *), int a, void *p, char *out,
+                               size_t size, size_t *len)
+{
+    int fds[2];
+    *len = 0;
+    out[0] = '\0';
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        act(a, p);
+        _exit(0);                   /* survived: the parent judges that */
+    }
+    close(fds[1]);
+    *len = read_all(fds[0], out, size);
+    close(fds[0]);
+    return wait_child(pid);
+}
+
+/* Is out (len bytes) one line with "memalloc:", func and the pointer p
+ * (not as the prefix of a longer number)? */
+static inline int abort_line_ok(const char *out, size_t len, const char *func, const void *p)
+{
+    char ptr[32];
+    snprintf(ptr, sizeof ptr, "%p", p);
+    size_t newlines = 0;
+    for (size_t i = 0; i < len; i++)
+        newlines += out[i] == '\n';
+    int has_ptr = 0;
+    for (const char *s = out; (s = strstr(s, ptr)) != NULL; s++) {
+        char next = s[strlen(ptr)];
+        if (!((next >= '0' && next <= '9') || (next >= 'a' && next <= 'f') ||
+              (next >= 'A' && next <= 'F'))) {
+            has_ptr = 1;
+            break;
+        }
+    }
+    return newlines == 1 && len > 0 && out[len - 1] == '\n' && strstr(out, "memalloc:") &&
+           strstr(out, func) && has_ptr;
 }
 
 /* ---- with memalloc.h ---------------------------------------------------------------- */

@@ -693,7 +693,15 @@ static void test_malloc_stats(void)
     size_t len = read_all(fds[0], out, sizeof out);
     close(fds[0]);
     CHECK(len > 0, "malloc_stats printed nothing on stderr");
-    CHECK(strstr(out, "heap bytes now") != NULL, "malloc_stats output lacks \"heap bytes now\"");
+    static const char *const want[] = {
+        "class     size    in use      peak  chunks  held KiB  in use KiB   cached",
+        "small bytes held:", "small bytes in use:", "thread caches:", "blocks in caches:",
+        "blocks parked:", "heap bytes now:", "heap bytes at peak:", "returned with sbrk:",
+        "returned with madvise:",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        CHECK(strstr(out, want[i]) != NULL, "malloc_stats output lacks \"%s\"", want[i]);
+    CHECK(strstr(out, "     1024 ") != NULL, "malloc_stats output has no row for class 1024");
     CHECK(len > 0 && out[len - 1] == '\n', "malloc_stats output does not end in a newline");
     memalloc_free(p);
 }

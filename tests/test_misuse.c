@@ -72,68 +72,24 @@ static void act(enum action a, void *p)
     (void)r;
 }
 
+static void act_any(int a, void *p) { act((enum action)a, p); }
+
 /* Run the misuse in a child; `p` is the pointer that must be reported (for a
  * double free, the block freed twice). */
 static void expect_abort(const char *what, enum action a, void *p, int line)
 {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        CHECK(0, "pipe: %s", strerror(errno));
-        return;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        CHECK(0, "fork: %s", strerror(errno));
-        return;
-    }
-    if (pid == 0) {
-        struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        close(fds[0]);
-        dup2(fds[1], 2);
-        close(fds[1]);
-        act(a, p);
-        _exit(0);                   /* survived: the parent reports it */
-    }
-    close(fds[1]);
     char out[1024];
-    size_t len = read_all(fds[0], out, sizeof out);
-    close(fds[0]);
-    int st = wait_child(pid);
-
-    char ptr[32];
-    snprintf(ptr, sizeof ptr, "%p", p);
+    size_t len;
+    int st = run_captured(act_any, (int)a, p, out, sizeof out, &len);
     if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT)) {
-        fprintf(stderr, "%s:%d: FAIL: %s (%s %s): child %s %d, not SIGABRT; stderr: \"%s\"\n",
-                __FILE__, line, what, func_of[a], ptr,
-                CHILD_HOW(st), out);
+        fprintf(stderr, "%s:%d: FAIL: %s (%s %p): child %s %d, not SIGABRT; stderr: \"%s\"\n",
+                __FILE__, line, what, func_of[a], p, CHILD_HOW(st), out);
         failures++;
         return;
     }
-    size_t newlines = 0;
-    for (size_t i = 0; i < len; i++)
-        newlines += out[i] == '\n';
-    int one_line = newlines == 1 && len > 0 && out[len - 1] == '\n';
-    int has_tag = strstr(out, "memalloc:") != NULL;
-    int has_func = strstr(out, func_of[a]) != NULL;
-    /* the pointer, not as the prefix of a longer number */
-    int has_ptr = 0;
-    for (const char *s = out; (s = strstr(s, ptr)) != NULL; s++) {
-        char next = s[strlen(ptr)];
-        if (!((next >= '0' && next <= '9') || (next >= 'a' && next <= 'f') ||
-              (next >= 'A' && next <= 'F'))) {
-            has_ptr = 1;
-            break;
-        }
-    }
-    if (!(one_line && has_tag && has_func && has_ptr)) {
+    if (!abort_line_ok(out, len, func_of[a], p)) {
         fprintf(stderr, "%s:%d: FAIL: %s: message \"%s\" should be one line with "
-                "\"memalloc:\", \"%s\" and \"%s\" (%s%s%s%s)\n",
-                __FILE__, line, what, out, func_of[a], ptr, one_line ? "" : "[not one line]",
-                has_tag ? "" : "[no tag]", has_func ? "" : "[no function]",
-                has_ptr ? "" : "[no pointer]");
+                "\"memalloc:\", \"%s\" and %p\n", __FILE__, line, what, out, func_of[a], p);
         failures++;
     }
 }

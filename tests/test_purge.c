@@ -101,15 +101,6 @@ static int pristine_class(size_t min_size, uint32_t min_units)
     return -1;
 }
 
-static void *xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n, size);          /* glibc's: the test's own memory */
-    if (!p) {
-        fprintf(stderr, "%s: out of memory\n", __FILE__);
-        exit(1);
-    }
-    return p;
-}
 
 static unsigned char pat(size_t i) { return (unsigned char)((i * 29 + 0x35) | 1); }
 
@@ -518,38 +509,17 @@ static void act(enum action a, void *p)
     (void)r;
 }
 
+static void act_any(int a, void *p) { act((enum action)a, p); }
+
 /* Run the action in a child.  func NULL: it must exit 0.  Otherwise it must
  * die of SIGABRT with one line holding "memalloc:", "func()", the pointer
  * and, if label, that word. */
 static void expect(const char *what, enum action a, void *p, const char *func,
                    const char *label, int line)
 {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        CHECK(0, "pipe: %s", strerror(errno));
-        return;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        CHECK(0, "fork: %s", strerror(errno));
-        return;
-    }
-    if (pid == 0) {
-        struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        close(fds[0]);
-        dup2(fds[1], 2);
-        close(fds[1]);
-        act(a, p);
-        _exit(0);
-    }
-    close(fds[1]);
     char out[1024];
-    size_t len = read_all(fds[0], out, sizeof out);
-    close(fds[0]);
-    int st = wait_child(pid);
+    size_t len;
+    int st = run_captured(act_any, (int)a, p, out, sizeof out, &len);
     if (!func) {
         if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
             fprintf(stderr, "%s:%d: FAIL: %s: child %s %d; stderr: \"%s\"\n", __FILE__, line,
@@ -564,26 +534,11 @@ static void expect(const char *what, enum action a, void *p, const char *func,
         failures++;
         return;
     }
-    char ptr[32], fn[64];
-    snprintf(ptr, sizeof ptr, "%p", p);
+    char fn[64];
     snprintf(fn, sizeof fn, "%s()", func);
-    size_t newlines = 0;
-    for (size_t i = 0; i < len; i++)
-        newlines += out[i] == '\n';
-    bool one_line = newlines == 1 && out[len - 1] == '\n';
-    bool has_ptr = false;
-    for (const char *s = out; (s = strstr(s, ptr)) != NULL; s++) {
-        char next = s[strlen(ptr)];
-        if (!((next >= '0' && next <= '9') || (next >= 'a' && next <= 'f'))) {
-            has_ptr = true;
-            break;
-        }
-    }
-    bool ok = one_line && strstr(out, "memalloc:") && strstr(out, fn) && has_ptr &&
-              (!label || strstr(out, label));
-    if (!ok) {
+    if (!abort_line_ok(out, len, fn, p) || (label && !strstr(out, label))) {
         fprintf(stderr, "%s:%d: FAIL: %s: message \"%s\" should be one line with \"memalloc:\", "
-                "\"%s\", \"%s\"%s%s%s\n", __FILE__, line, what, out, fn, ptr,
+                "\"%s\", %p%s%s%s\n", __FILE__, line, what, out, fn, p,
                 label ? " and \"" : "", label ? label : "", label ? "\"" : "");
         failures++;
     }

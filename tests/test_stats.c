@@ -8,7 +8,7 @@
  * growing the break.  The footprint figures: small_held covers what is in
  * use, cached_bytes what thread caches keep, released_madvise grows when
  * malloc_trim gives back pages inside chunks; mallinfo2's other fields
- * match; malloc_stats() prints the per-class table and every heap total.
+ * match.  (test_api checks what malloc_stats() prints.)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -374,40 +374,6 @@ static void test_footprint_fields(void)
     CHECK_HEAP("footprint fields");
 }
 
-/* malloc_stats() writes the report to stderr: catch it in a pipe. */
-static void test_report(void)
-{
-    void *keep = memalloc_malloc(200);
-    int fds[2];
-    if (pipe(fds) != 0) {
-        CHECK(0, "pipe failed");
-        return;
-    }
-    fflush(stderr);
-    int saved = dup(2);
-    dup2(fds[1], 2);
-    memalloc_malloc_stats();
-    dup2(saved, 2);
-    close(saved);
-    close(fds[1]);
-    static char out[1 << 16];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof out - 1 && (r = read(fds[0], out + n, sizeof out - 1 - n)) > 0)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(fds[0]);
-    static const char *const want[] = {
-        "class     size    in use      peak  chunks  held KiB  in use KiB   cached",
-        "small bytes held:", "small bytes in use:", "thread caches:", "blocks in caches:",
-        "heap bytes now:", "heap bytes at peak:", "returned with sbrk:", "returned with madvise:",
-    };
-    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-        CHECK(strstr(out, want[i]) != NULL, "malloc_stats() output lacks \"%s\"", want[i]);
-    CHECK(strstr(out, "      208 ") != NULL, "malloc_stats() output has no row for class 208");
-    memalloc_free(keep);
-}
-
 static void test_thread_first_small_malloc(void)
 {
     pthread_t t;
@@ -432,7 +398,6 @@ int main(void)
     test_counts();
     test_shrink_without_trim();
     test_footprint_fields();
-    test_report();
     test_thread_first_small_malloc();
     CHECK_HEAP("end");
     return check_report("test_stats");

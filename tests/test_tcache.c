@@ -71,15 +71,6 @@ static struct chunk *chunk_of(const void *p)
     return ptr_lookup(p, &meta) == PTR_SMALL ? meta : NULL;
 }
 
-static void *xcalloc(size_t n, size_t size)
-{
-    void *p = calloc(n, size);      /* glibc's: the test's own bookkeeping */
-    if (!p) {
-        fprintf(stderr, "%s: out of memory\n", __FILE__);
-        exit(1);
-    }
-    return p;
-}
 
 /* What tcache.c's bin_max and bin_collapsed compute, from their definition:
  * 16 KiB of blocks, 2..64; an eighth of that, 1..8. */
