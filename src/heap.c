@@ -48,7 +48,14 @@ static struct {
 
 void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
 void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
-void heap_lock_reinit(void) { pthread_mutex_init(&heap_mutex, NULL); }
+static int pass_running;            /* a purge pass is under way, atomic */
+
+/* In a fork child: the only thread left holds no lock and runs no pass. */
+void heap_lock_reinit(void)
+{
+    pthread_mutex_init(&heap_mutex, NULL);
+    pass_running = 0;
+}
 
 /* ---- span helpers ------------------------------------------------------- */
 
@@ -396,7 +403,6 @@ static bool purge_locked(bool all, unsigned decay)
  * whichever way it was freed. */
 static size_t dirty_pending;        /* atomic */
 static size_t next_look;            /* atomic: pending worth a look at the threshold */
-static int pass_running;            /* atomic */
 
 /* How many pass intervals memory must stay unused before a pass purges it
  * (MEMALLOC_PURGE_DECAY; 0, the default, adapts).  Adapting follows what
