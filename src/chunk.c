@@ -312,6 +312,25 @@ static void chunk_retire(struct size_class *sc, struct chunk *c)
 
 /* ---- taking and putting back blocks (class lock held) -------------------- */
 
+/* Page pg of c comes back into use: its free blocks lost their free key
+ * when it was purged, and with the page's mask bit about to clear the
+ * lock-free path would trust them again, so a second free of one of them
+ * would go into a cache while the bitmap still calls it free.  Give every
+ * free block that starts on the page its key back. */
+static void rekey_page(struct chunk *c, size_t pg, size_t taken)
+{
+    size_t lo_off = pg * PAGE, hi_off = lo_off + PAGE;
+    if (hi_off <= c->data_off)
+        return;
+    size_t first = lo_off > c->data_off ? (lo_off - c->data_off + c->size - 1) / c->size : 0;
+    size_t end = (hi_off - c->data_off + c->size - 1) / c->size;
+    if (end > c->carved)
+        end = c->carved;
+    for (size_t i = first; i < end; i++)
+        if (i != taken && !bit_get(c->used_map, i))
+            ((void **)((char *)c + c->data_off + i * c->size))[1] = (void *)memalloc_tc_key;
+}
+
 /* Taking block idx out of a purged page makes the page live again. */
 static NOINLINE void unpurge(struct chunk *c, size_t idx)
 {
@@ -320,6 +339,7 @@ static NOINLINE void unpurge(struct chunk *c, size_t idx)
     size_t reused = 0;
     for (size_t pg = first; pg <= last; pg++) {
         if (bit_get(c->purged_map, pg)) {
+            rekey_page(c, pg, idx);
             c->purged_map[pg / 64] &= ~((uint64_t)1 << (pg % 64));
             c->purged--;
             reused += PAGE;

@@ -44,6 +44,8 @@
  *      through memalloc_malloc (batch refills) unpurges every page and
  *      clears purged_mask; freeing it all and trimming leaves the class
  *      empty.
+ *   6. (test_rekey) a purged page that comes back into use gives its free
+ *      blocks their free key back: freeing one again still aborts.
  *   5. statistics: heap_get_stats' released_madvise and chunk_purged_bytes
  *      grow by at least the purged bytes of each trim or pass, and
  *      chunk_reused_bytes by exactly the pages that came back into use.
@@ -714,6 +716,50 @@ static void test_slow_free(unsigned cls)
     free(blk);
 }
 
+/* A page comes back into use: the free blocks that start on it get their
+ * free key back, so freeing one of them again is still caught once the
+ * page's mask bit has cleared.  (Found in review: without the re-keying the
+ * second free went into the thread cache and the block was handed out
+ * twice.) */
+static void test_rekey(unsigned cls)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    size_t cap = sc->capacity, size = sc->size;
+    void **blk = xcalloc(cap, sizeof *blk);
+    bool z;
+    for (size_t i = 0; i < cap; i++) {
+        blk[i] = chunk_alloc(cls, &z);
+        if (!blk[i])
+            exit(1);
+    }
+    struct chunk *c = NULL;
+    void *meta;
+    if (ptr_lookup(blk[0], &meta) == PTR_SMALL)
+        c = meta;
+    CHECK(c != NULL, "rekey: no chunk");
+    if (!c)
+        return;
+    /* Keep the blocks that start on the header page, free the rest. */
+    size_t first = (PAGE - c->data_off + size - 1) / size;
+    for (size_t i = first; i < cap; i++)
+        chunk_free(c, blk[i], "free");
+    memalloc_malloc_trim(0);
+    CHECK(c->purged > 0 && mask_ok(c), "rekey: setup purged %u", c->purged);
+    void *taken = chunk_alloc(cls, &z);     /* the lowest free block: unpurges its page */
+    CHECK(taken == blk[first], "rekey: took %p, want %p", taken, blk[first]);
+    void *x = blk[first + 1];               /* freed before the purge, same page */
+    CHECK(x && ((uintptr_t)x - (uintptr_t)c) / PAGE == ((uintptr_t)taken - (uintptr_t)c) / PAGE,
+          "rekey: blocks %zu and %zu do not share a page", first, first + 1);
+    CHECK(((void **)x)[1] == (void *)memalloc_tc_key, "rekey: free block %p has no key back", x);
+    EXPECT_ABORT("free again of a block whose purged page came back into use", A_FREE, x,
+                 "free", "double free");
+    CHECK_HEAP("re-keying a page that came back");
+    chunk_free(c, taken, "free");
+    for (size_t i = 0; i < first; i++)
+        chunk_free(c, blk[i], "free");
+    free(blk);
+}
+
 int main(void)
 {
     void *p = memalloc_malloc(1);   /* lazy initialisation */
@@ -755,6 +801,10 @@ int main(void)
         return 77;
     test_misuse((unsigned)u);
     test_slow_free((unsigned)w);
+    int k = pristine_class(64, 1);
+    if (k < 0)
+        return 77;
+    test_rekey((unsigned)k);
 
     CHECK_HEAP("the end");
     return check_report(__FILE__);
