@@ -39,9 +39,8 @@ static struct {
     size_t dirty_free;              /* sum of the free spans' dirty bytes */
     size_t retain;                  /* twice the biggest large block freed */
     size_t large_allocs;            /* large blocks ever handed out */
-    size_t dirty_after_pass;        /* dirty_free as the last pass left it */
-    size_t chunk_dirt;              /* dirt that retired chunks brought, total */
-    size_t chunk_dirt_at_pass;      /* ... as of the last pass */
+    size_t dirty_base;              /* dirty_free as the last pass left it, plus
+                                     * the dirt retired chunks brought since */
     uint64_t epoch;                 /* purge passes so far */
     struct heap_stats st;
 } H;
@@ -373,8 +372,9 @@ static size_t threshold_for(size_t live)
  * span's header page; they read as zero afterwards.  A pass spares what was
  * freed since the previous pass, which a program that shrinks and regrows
  * is about to reuse: only memory that stayed free for a whole pass interval
- * goes (a decay measured in purge passes, not seconds).  all: every span. */
-static bool purge_locked(bool all, unsigned decay)
+ * goes (a decay measured in purge passes, not seconds).  decay 0: every
+ * span. */
+static bool purge_locked(unsigned decay)
 {
     bool any = false;
     int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
@@ -382,7 +382,7 @@ static bool purge_locked(bool all, unsigned decay)
     for (struct free_span *f = H.dirty, *next; f; f = next) {
         next = f->dirty_next;
         size_t len = span_bytes(&f->s) - PAGE;
-        if (len == 0 || (!all && f->dirty_since + decay >= H.epoch))
+        if (len == 0 || f->dirty_since + decay >= H.epoch)
             continue;
         if (madvise((char *)f + PAGE, len, advice) == 0) {
             H.st.released_madvise += len;
@@ -449,14 +449,12 @@ void purge_note(size_t bytes)
 void purge_maybe(void)
 {
     /* Free spans count by how much their dirt grew since the last pass, so
-     * that a large block freed and taken again and again adds nothing;
-     * less what retired chunks brought, which chunk.c noted. */
-    size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED) -
-                   (__atomic_load_n(&H.chunk_dirt, __ATOMIC_RELAXED) -
-                    __atomic_load_n(&H.chunk_dirt_at_pass, __ATOMIC_RELAXED));
-    size_t base = __atomic_load_n(&H.dirty_after_pass, __ATOMIC_RELAXED);
+     * that a large block freed and taken again and again adds nothing; the
+     * dirt of retired chunks, which chunk.c noted, is in the base. */
+    size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED);
+    size_t base = __atomic_load_n(&H.dirty_base, __ATOMIC_RELAXED);
     size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED) +
-                     (dirty < (size_t)PTRDIFF_MAX && dirty > base ? dirty - base : 0);
+                     (dirty > base ? dirty - base : 0);
     if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
                pending < (size_t)option(OPT_PURGE_THRESHOLD)))
         return;
@@ -484,9 +482,8 @@ void purge_maybe(void)
     allocs_at_pass = allocs;
     chunk_purge_pass(decay);
     heap_lock();
-    purge_locked(false, decay);
-    H.dirty_after_pass = H.dirty_free;
-    H.chunk_dirt_at_pass = H.chunk_dirt;
+    purge_locked(decay);
+    H.dirty_base = H.dirty_free;
     heap_unlock();
     __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
 }
@@ -626,7 +623,7 @@ void heap_free_span(struct span *s, size_t dirty)
     heap_lock();
     dirty = dirty ? dirty : PAGE;
     release_locked(s, dirty);
-    H.chunk_dirt += dirty;          /* chunk.c noted it already */
+    H.dirty_base += dirty;          /* chunk.c noted it already */
     heap_unlock();
 }
 
@@ -768,9 +765,8 @@ int heap_trim(size_t pad)
     heap_lock();
     bool released = shrink_top(pad);
     /* Free space below the top cannot go back with sbrk: madvise it. */
-    released |= purge_locked(true, 0);
-    H.dirty_after_pass = H.dirty_free;
-    H.chunk_dirt_at_pass = H.chunk_dirt;
+    released |= purge_locked(0);
+    H.dirty_base = H.dirty_free;
     heap_unlock();
     return released;
 }
