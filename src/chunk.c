@@ -66,10 +66,11 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
  * is whole pages), the state a chunk is left in when a program frees most
  * of what it held.  A busier chunk of small blocks has few whole free
  * pages, and its free blocks are the first to be handed out again: purging
- * them costs a madvise now and page faults soon.  (Purging every idle
- * chunk made bench/workloads' server 45% slower, nearly all of it in page
- * faults; 1/4 instead of 1/16 made cache 20% slower for a quarter less
- * memory after its shrinks.)  A chunk goes on its class's candidate list
+ * them costs a madvise now and page faults soon.  (Measured in one run
+ * with the adaptive decay of heap.c: making every chunk with a free block a
+ * candidate made bench/workloads/footprint 23% slower, 1.19 s against
+ * 0.97 s, for the same memory; 1/4 instead of 1/16 was within noise.)  A
+ * chunk goes on its class's candidate list
  * when a block coming back makes it sparse; a pass purges the candidates
  * that no block was taken from or put back to during the last `decay` pass
  * intervals (heap.c decides the decay). */

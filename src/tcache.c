@@ -48,10 +48,11 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * program frees a big structure.  Such a bin collapses: its class's parked
  * batches go back to their chunks, and the bin keeps only an eighth of its
  * usual limit (1 to 8 blocks), flushed whole each time it fills, until a
- * refill of the bin or of the class by another thread turns it back.  Measured on bench/workloads/footprint:
- * without collapsing, the cached blocks kept 230 MB resident after every
- * block was freed; collapsing to nothing (every free locked) made
- * bench/micro's BM_batch_shuffled/100000 four times slower. */
+ * refill of the bin or of the class by another thread turns it back.  This
+ * bounds what a thread that only frees keeps pinned to 1-8 blocks per
+ * class instead of up to 64.  (Since purging reaches inside chunks and
+ * unwanted batches are no longer parked, bench/workloads/footprint and
+ * bench/micro's batch cases measure the same with and without it.) */
 #define COLLAPSE_BATCHES 16
 #define COLLAPSE_BYTES ((size_t)128 << 10)
 #define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
