@@ -164,7 +164,7 @@ static void purge_chunk(struct chunk *c)
         size_t touched = c->data_off + (size_t)c->carved * c->size;
         end = (touched + PAGE - 1) / PAGE;
     }
-    uint64_t fresh_bits[CHUNK_MAX_PAGES / 64] = {0};
+    uint64_t newly[CHUNK_MAX_PAGES / 64] = {0};    /* pages purged by this call */
     size_t first_pg = (c->data_off + PAGE - 1) / PAGE;
     for (size_t pg = first_pg; pg < end; pg++) {
         size_t lo = (pg * PAGE - c->data_off) / c->size;
@@ -173,14 +173,14 @@ static void purge_chunk(struct chunk *c)
             hi = c->capacity - 1;
         if (!bit_get(c->purged_map, pg) && lo <= hi && all_free(c, lo, hi)) {
             c->purged_map[pg / 64] |= (uint64_t)1 << (pg % 64);
-            fresh_bits[pg / 64] |= (uint64_t)1 << (pg % 64);
+            newly[pg / 64] |= (uint64_t)1 << (pg % 64);
             c->purged++;
         }
     }
     set_purged_mask(c);
     char *run = NULL;
     for (size_t pg = first_pg; pg <= end; pg++) {
-        if (pg < end && bit_get(fresh_bits, pg)) {
+        if (pg < end && bit_get(newly, pg)) {
             if (!run)
                 run = (char *)c + pg * PAGE;
         } else if (run) {

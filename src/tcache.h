@@ -7,10 +7,11 @@
  * Invariants:
  *   - a cached block is a small block whose chunk bit says "in use" (the
  *     pool sees it as handed out); bins[c] holds blocks of class c only;
- *   - a free block, cached or in a chunk's free list, carries memalloc_tc_key
- *     in its second word; a block handed out has that word cleared.  A free
- *     of a block that still carries the key is a suspected double free and
- *     goes to the slow path, which decides for sure;
+ *   - a free block, cached or in its chunk, carries memalloc_tc_key in its
+ *     second word unless its page is purged (then the chunk's purged_mask
+ *     says so); a block handed out has that word cleared.  A free of a block
+ *     that still carries the key, or whose page's mask bit is set, goes to
+ *     the slow path, which decides for sure;
  *   - count <= max; the thread-local pointer is the only reference to a
  *     cache apart from the global list used for statistics and fork.
  */
@@ -31,7 +32,8 @@ struct tbin {
     void *head;
     uint32_t count;
     uint16_t max;                   /* blocks the bin may hold now */
-    uint16_t flushed;               /* batches flushed since the last refill */
+    uint16_t flushed;               /* unwanted batches flushed in a row since the
+                                     * last refill; COLLAPSED (tcache.c): collapsed */
 };
 
 struct tcache {
