@@ -635,12 +635,6 @@ bool chunk_parked_holds(unsigned cls, const void *p)
     return found;
 }
 
-bool chunk_block_in_use(const struct chunk *c, const void *p)
-{
-    size_t idx = block_index(c, (uintptr_t)p - (uintptr_t)c - c->data_off);
-    return (c->used_map[idx / 64] >> (idx % 64)) & 1;
-}
-
 /* Give every class's spare chunk back to the heap (malloc_trim). */
 size_t chunk_release_spares(void)
 {
@@ -699,7 +693,7 @@ int chunk_check_end(void)
             for (void **q = sc->parked_list[i]; q; q = q[0]) {
                 void *meta;
                 if (++n > sc->parked_count[i] || ptr_lookup(q, &meta) != PTR_SMALL ||
-                    ((struct chunk *)meta)->cls != cls || !chunk_block_in_use(meta, q)) {
+                    ((struct chunk *)meta)->cls != cls || !chunk_block_live(meta, q)) {
                     struct chunk dummy = {.cls = cls};
                     bad += chunk_complain("parked batch holds a bad block", &dummy);
                     break;

@@ -212,7 +212,6 @@ HIDDEN bool chunk_parked_holds(unsigned cls, const void *p);
 HIDDEN size_t chunk_parked_blocks(unsigned cls);    /* class lock held */
 HIDDEN void chunk_unpark(unsigned cls);
 HIDDEN void chunk_unpark_all(void);
-HIDDEN bool chunk_block_in_use(const struct chunk *c, const void *p);
 HIDDEN bool chunk_block_live(const struct chunk *c, const void *p);
 HIDDEN void chunk_purge_pass(unsigned decay);
 HIDDEN void chunk_purge_everything(void);

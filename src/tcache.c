@@ -355,7 +355,7 @@ int tcache_check_own(void)
             void *meta;
             if (++n > t->bins[c].max || ptr_lookup(p, &meta) != PTR_SMALL ||
                 ((struct chunk *)meta)->cls != c || p[1] != (void *)memalloc_tc_key ||
-                !chunk_block_in_use(meta, p)) {
+                !chunk_block_live(meta, p)) {
                 message("memalloc_check: thread cache holds a bad block\n");
                 bad++;
                 break;
