@@ -106,9 +106,8 @@ static NOINLINE void *malloc_slow(size_t n)
 
 EXPORT void *memalloc_malloc(size_t n)
 {
-    struct tcache *t = memalloc_tc;
-    if (likely(t != NULL && n <= TC_MAX_SIZE)) {
-        void *p = tcache_pop(t, size_to_class(n));
+    if (likely(n - 1 < TC_MAX_SIZE)) {     /* malloc(0) wraps to the slow path */
+        void *p = tcache_pop(memalloc_tc, memalloc_class_of[(n - 1) >> 4]);
         if (likely(p != NULL))
             return p;
     }
@@ -162,9 +161,8 @@ static NOINLINE void free_slow(void *p, const char *func)
 
 static inline __attribute__((always_inline)) void free_any(void *p, const char *func)
 {
-    struct tcache *t = memalloc_tc;
-    struct tbin *b;
-    if (likely(t != NULL && (b = tcache_bin_for(t, p)) != NULL)) {
+    struct tbin *b = tcache_bin_for(memalloc_tc, p);
+    if (likely(b != NULL)) {
         tbin_push(b, p);
         return;
     }
@@ -301,3 +299,30 @@ EXPORT size_t memalloc_malloc_usable_size(void *p)
     enum ptr_kind kind;
     return usable_checked(p, "malloc_usable_size", &meta, &kind);
 }
+
+/* ---- the standard names (libmemalloc only) ------------------------------------- */
+
+#ifdef MEMALLOC_STANDARD_NAMES
+/* Aliases, not wrappers: malloc is memalloc_malloc, one symbol, so the hot
+ * path pays no extra jump.  override.c has the names whose memalloc_
+ * versions live elsewhere. */
+#if defined(__has_attribute) && __has_attribute(copy)
+#define COPY_ATTRIBUTES(ours) __attribute__((copy(ours)))
+#else
+#define COPY_ATTRIBUTES(ours)
+#endif
+#define STANDARD_NAME(name, ours) \
+    EXPORT extern __typeof__(ours) name __attribute__((alias(#ours))) COPY_ATTRIBUTES(ours)
+STANDARD_NAME(malloc, memalloc_malloc);
+STANDARD_NAME(free, memalloc_free);
+STANDARD_NAME(cfree, memalloc_free);
+STANDARD_NAME(calloc, memalloc_calloc);
+STANDARD_NAME(realloc, memalloc_realloc);
+STANDARD_NAME(reallocarray, memalloc_reallocarray);
+STANDARD_NAME(posix_memalign, memalloc_posix_memalign);
+STANDARD_NAME(aligned_alloc, memalloc_aligned_alloc);
+STANDARD_NAME(memalign, memalloc_memalign);
+STANDARD_NAME(valloc, memalloc_valloc);
+STANDARD_NAME(pvalloc, memalloc_pvalloc);
+STANDARD_NAME(malloc_usable_size, memalloc_malloc_usable_size);
+#endif

@@ -29,10 +29,8 @@
 #include "internal.h"
 #include "tcache.h"
 
-static inline size_t block_index(const struct chunk *c, uintptr_t off)
-{
-    return (size_t)((off * c->div_mul) >> 40);
-}
+_Static_assert(offsetof(struct chunk, in_use) == 64,
+               "what the lock-free free path reads fits the first cache line");
 
 static inline bool bit_get(const uint64_t *map, size_t i)
 {
@@ -139,12 +137,15 @@ static void give_back(char *from, char *to)
         __atomic_add_fetch(&purged_bytes, (size_t)(to - from), __ATOMIC_RELAXED);
 }
 
+/* Bit k of the mask stands for the pages whose address / PAGE is k modulo
+ * 64, so that the fast path can index it with the block's own address. */
 static uint64_t purged_mask_for(const struct chunk *c)
 {
     uint64_t mask = 0;
     for (size_t w = 0; w < CHUNK_MAX_PAGES / 64; w++)
         mask |= c->purged_map[w];
-    return mask;
+    unsigned r = (unsigned)((uintptr_t)c / PAGE) & 63;
+    return r ? (mask << r) | (mask >> (64 - r)) : mask;
 }
 
 static void set_purged_mask(struct chunk *c)
@@ -259,7 +260,8 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         return NULL;
     c = (struct chunk *)s;
     c->s.kind = SPAN_CHUNK;
-    c->cls = cls;
+    c->cls = (uint8_t)cls;
+    c->bin = (uint16_t)offsetof(struct tcache, bins[cls]);
     c->capacity = sc->capacity;
     c->in_use = 0;
     c->carved = 0;
@@ -269,7 +271,9 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     c->listed = 0;
     c->cand_next = c->cand_prev = NULL;
     c->data_off = sc->data_off;
-    c->div_mul = sc->div_mul;
+    c->blocks = (uintptr_t)c + sc->data_off;
+    c->inv = sc->inv;
+    c->shift = (uint8_t)sc->shift;
     c->size = sc->size;
     c->fresh = fresh;
     if (!fresh) {
@@ -440,7 +444,7 @@ static size_t checked_index(struct size_class *sc, struct chunk *c, const void *
     const char *what = "invalid pointer";
     if (off >= c->data_off) {
         off -= c->data_off;
-        size_t idx = block_index(c, off);
+        size_t idx = off / c->size;     /* the block p points into */
         if (idx * c->size == off && idx < c->carved) {
             if (c->used_map[idx / 64] & ((uint64_t)1 << (idx % 64)))
                 return idx;
@@ -472,9 +476,8 @@ bool chunk_block_live(const struct chunk *c, const void *p)
 {
     if (c->s.kind != SPAN_CHUNK)
         return false;
-    uintptr_t off = (uintptr_t)p - (uintptr_t)c - c->data_off;
-    size_t idx = block_index(c, off);
-    return idx * c->size == off && idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
+    uint64_t idx = block_number(c, (uintptr_t)p - c->blocks);
+    return idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
            ((__atomic_load_n(&c->used_map[idx / 64], __ATOMIC_RELAXED) >> (idx % 64)) & 1);
 }
 
@@ -722,7 +725,9 @@ int chunk_check(struct chunk *c)
     seen_chunks[c->cls]++;
     int bad = 0;
     if (c->s.units != sc->units || c->size != sc->size || c->capacity != sc->capacity ||
-        c->data_off != sc->data_off)
+        c->data_off != sc->data_off || c->blocks != (uintptr_t)c + sc->data_off ||
+        c->inv != sc->inv || c->shift != sc->shift ||
+        c->bin != offsetof(struct tcache, bins[c->cls]))
         bad += chunk_complain("header disagrees with its class", c);
     if (c->in_use > c->carved || c->carved > c->capacity)
         return bad + chunk_complain("counts out of range", c);

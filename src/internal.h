@@ -114,17 +114,21 @@ struct large_block {
  * so threads freeing into their caches do not fight over the header. */
 struct chunk {
     struct span s;
-    uint32_t cls;
-    uint32_t size;                  /* block size, copied from the class */
-    uint32_t data_off;              /* offset of block 0 from the chunk start */
+    uint8_t cls;
+    uint8_t shift;                  /* block size == odd * 2^shift ... */
+    uint16_t bin;                   /* offset of this class's bin in a thread cache */
     uint32_t carved;                /* blocks below have been handed out once */
-    uint64_t div_mul;               /* offset * div_mul >> 40 == offset / size */
-    /* Bit k is set while some purged page has an index == k modulo 64: the
-     * OR of the words of purged_map.  A free block on a purged page has lost
+    uintptr_t blocks;               /* address of block 0: chunk + data_off */
+    uint64_t inv;                   /* ... and odd * inv == 1 modulo 2^64 */
+    /* Bit k is set while some purged page has an address / PAGE == k
+     * modulo 64: the OR of the words of purged_map, rotated by the chunk's
+     * own page number.  A free block on a purged page has lost
      * the key that marks it free and only its bit can tell, so the
      * lock-free free path leaves blocks whose key word sits on a page with
      * its bit set to the slow path.  Exact for chunks of up to 64 pages. */
     uint64_t purged_mask;
+    uint32_t size;                  /* block size, copied from the class */
+    uint32_t data_off;              /* offset of block 0 from the chunk start */
     /* --- written under the class lock --- */
     uint32_t in_use __attribute__((aligned(64)));   /* blocks handed out */
     uint32_t capacity;              /* blocks that fit */
@@ -161,6 +165,18 @@ static inline uintptr_t unit_addr(size_t u)
     return memalloc_heap_base + (u << UNIT_SHIFT);
 }
 
+/* The number of the block that starts off bytes above block 0 of c, or,
+ * when off is not a multiple of the block size, a number above 2^46, which
+ * no block count reaches.  One multiply and one rotate (exact division by
+ * the multiplicative inverse of the size's odd part): a single compare with
+ * c->carved then rejects interior, misaligned, out-of-chunk ("negative"
+ * off wraps to near 2^64) and never-carved pointers alike. */
+static inline uint64_t block_number(const struct chunk *c, uintptr_t off)
+{
+    uint64_t q = (uint64_t)off * c->inv;
+    return (q >> c->shift) | (q << ((64 - c->shift) & 63));
+}
+
 /* ---- size classes ------------------------------------------------------- */
 
 struct size_class {
@@ -170,7 +186,8 @@ struct size_class {
     uint32_t align;                 /* every block of the class is aligned so */
     uint32_t data_off;
     uint32_t capacity;
-    uint64_t div_mul;
+    uint32_t shift;                 /* see block_number() */
+    uint64_t inv;
     struct chunk *partial;          /* chunks with at least one free block */
     struct chunk *spare;            /* one empty chunk kept to avoid churn */
     struct chunk *cand;             /* purge candidates touched since their last purge */
@@ -186,15 +203,25 @@ struct size_class {
 } __attribute__((aligned(64)));
 
 extern struct size_class memalloc_classes[NUM_CLASSES] HIDDEN;
-extern const uint8_t memalloc_class_of_small[(128 >> 4) + 1] HIDDEN;
+
+/* The class of an n-byte request, for n above 128: eight classes per
+ * doubling.  A macro so that the table below can be built from it at
+ * compile time. */
+#define CLASS_OF_BIG(n) \
+    (8u * (57u - (unsigned)__builtin_clzl((n) - 1)) + \
+     (unsigned)((((n) - 1) >> (60u - (unsigned)__builtin_clzl((n) - 1))) & 7u))
+
+/* Requests up to CLASS_TABLE_MAX (every size the thread caches serve) find
+ * their class in one table load, indexed by (n - 1) / 16: class bounds are
+ * multiples of 16 up there.  2 KiB of read-only data. */
+#define CLASS_TABLE_MAX ((size_t)32 << 10)
+extern const uint8_t memalloc_class_of[CLASS_TABLE_MAX / 16] HIDDEN;
 
 static inline unsigned size_to_class(size_t n)
 {
-    if (n <= 128)
-        return memalloc_class_of_small[(n + 15) >> 4];
-    size_t m = n - 1;
-    unsigned msb = 63u - (unsigned)__builtin_clzl(m);
-    return 8u * (msb - 6u) + (unsigned)((m >> (msb - 3u)) & 7u);
+    if (likely(n - 1 < CLASS_TABLE_MAX))    /* n == 0 wraps past it */
+        return memalloc_class_of[(n - 1) >> 4];
+    return n == 0 ? 0 : CLASS_OF_BIG(n);
 }
 
 HIDDEN void classes_init(void);

@@ -3,8 +3,11 @@
  * preload and drop-in library), never into libmemalloc-prefixed, so that a
  * program can use memalloc next to the system malloc.
  *
- * Every entry glibc's malloc exports is defined here, pvalloc included: a
+ * Every entry glibc's malloc exports is defined, pvalloc included: a
  * missing one would let glibc's version run and hand us its pointers.
+ * Those implemented in api.c (malloc, free, calloc, realloc and the aligned
+ * ones) are aliases made there, so that they cost no extra jump; the rest,
+ * implemented in options.c or returning glibc's own structures, are here.
  */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -14,24 +17,6 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-EXPORT void *malloc(size_t n) { return memalloc_malloc(n); }
-EXPORT void free(void *p) { memalloc_free(p); }
-EXPORT void cfree(void *p) { memalloc_free(p); }
-EXPORT void *calloc(size_t nmemb, size_t size) { return memalloc_calloc(nmemb, size); }
-EXPORT void *realloc(void *p, size_t n) { return memalloc_realloc(p, n); }
-EXPORT void *reallocarray(void *p, size_t nmemb, size_t size)
-{
-    return memalloc_reallocarray(p, nmemb, size);
-}
-EXPORT int posix_memalign(void **memptr, size_t align, size_t n)
-{
-    return memalloc_posix_memalign(memptr, align, n);
-}
-EXPORT void *aligned_alloc(size_t align, size_t n) { return memalloc_aligned_alloc(align, n); }
-EXPORT void *memalign(size_t align, size_t n) { return memalloc_memalign(align, n); }
-EXPORT void *valloc(size_t n) { return memalloc_valloc(n); }
-EXPORT void *pvalloc(size_t n) { return memalloc_pvalloc(n); }
-EXPORT size_t malloc_usable_size(void *p) { return memalloc_malloc_usable_size(p); }
 EXPORT int malloc_trim(size_t pad) { return memalloc_malloc_trim(pad); }
 EXPORT void malloc_stats(void) { memalloc_malloc_stats(); }
 EXPORT int mallopt(int param, int value) { return memalloc_mallopt(param, value); }

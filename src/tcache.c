@@ -16,7 +16,9 @@
 
 #include "tcache.h"
 
-__thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN;
+struct tcache memalloc_tc_none HIDDEN;    /* every bin empty, max 0 */
+__thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN =
+    &memalloc_tc_none;
 uintptr_t memalloc_tc_key HIDDEN;
 
 enum { TC_NONE, TC_CREATING, TC_LIVE, TC_DEAD };
@@ -244,7 +246,7 @@ static void thread_exit(void *arg)
 {
     struct tcache *t = arg;
     tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
-    memalloc_tc = NULL;
+    memalloc_tc = &memalloc_tc_none;
     tc_own = NULL;
     tcache_flush_all(t);
     tcache_list_lock();
@@ -297,7 +299,7 @@ struct tcache *tcache_create(void)
      * allocation goes straight to the classes. */
     pthread_setspecific(exit_key, t);
     tc_own = t;
-    memalloc_tc = option(OPT_PERTURB) ? NULL : t;
+    memalloc_tc = option(OPT_PERTURB) ? &memalloc_tc_none : t;
     tc_state = TC_LIVE;
     return t;
 }

@@ -22,7 +22,7 @@
 
 /* Classes up to 32 KiB are cached; bigger blocks are rare enough that the
  * class lock is cheap next to touching the memory. */
-#define TC_MAX_SIZE ((size_t)32 << 10)
+#define TC_MAX_SIZE CLASS_TABLE_MAX
 #define TC_CLASSES 72               /* size_to_class(TC_MAX_SIZE) + 1 */
 /* Bins exist for every class so that the free path needs no class bound
  * check: an uncached class has max == 0 and always takes the slow path. */
@@ -42,11 +42,13 @@ struct tcache {
     struct tcache *next, *prev;     /* all live caches, under the list lock */
 };
 
-/* This thread's cache as the hot path sees it: NULL while the thread has
- * none, and also while MALLOC_PERTURB_ asks for junk fills, so that the
- * fills happen on the slow path and the hot path needs no test for them. */
+/* This thread's cache as the hot path sees it: an always-empty cache with
+ * no room (memalloc_tc_none) while the thread has none, and also while
+ * MALLOC_PERTURB_ asks for junk fills, so that misses and fills happen on
+ * the slow path and the hot path needs no test for either. */
 extern __thread struct tcache *memalloc_tc
     __attribute__((tls_model("initial-exec"))) HIDDEN;
+extern struct tcache memalloc_tc_none HIDDEN;
 extern uintptr_t memalloc_tc_key HIDDEN;
 
 /* ---- hot path ------------------------------------------------------------ */
@@ -69,21 +71,16 @@ static inline void *tcache_pop(struct tcache *t, unsigned cls)
 static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    /* off is below 2^21 for any p inside the chunk's units, or wraps to a
-     * value no multiple of the size can equal; the multiple check also
-     * rejects misaligned pointers (sizes and data_off are multiples of 16). */
-    uintptr_t off = a - (uintptr_t)c - c->data_off;
-    size_t idx = (size_t)((off * c->div_mul) >> 40);
-    if (unlikely(idx * c->size != off))
+    /* Interior, misaligned and never-carved pointers in one compare. */
+    if (unlikely(block_number(c, a - c->blocks) >=
+                 __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
         return false;
     /* The key first, then the mask: a purge sets the mask before its
      * madvise wipes the keys, so a key already wiped comes with its page's
-     * bit already set.  Blocks past carved were never handed out. */
+     * bit already set. */
     uintptr_t key = __atomic_load_n(&((const uintptr_t *)p)[1], __ATOMIC_ACQUIRE);
-    uintptr_t page = (a - (uintptr_t)c) / PAGE;    /* p's page holds the key too */
-    return likely(idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED) &&
-                  !((__atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED) >> (page & 63)) & 1) &&
-                  key != memalloc_tc_key);
+    uint64_t purged = __atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED);
+    return likely(!((purged >> ((a / PAGE) & 63)) & 1) && key != memalloc_tc_key);
 }
 
 /* The bin p may go into: p is a valid small block of a cached class, does
@@ -91,18 +88,18 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
  * path, which validates and reports.  Writes nothing. */
 static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 {
-    uintptr_t a = (uintptr_t)p, base = memalloc_heap_base;
-    /* One compare covers both ends of the heap range. */
-    if (unlikely(a - base >= __atomic_load_n(&memalloc_heap_limit, __ATOMIC_RELAXED) - base))
+    /* The range check: the unit map covers all the heap can ever span and
+     * is zero wherever memalloc holds nothing; below the base wraps. */
+    size_t u = unit_index((uintptr_t)p);
+    if (unlikely(u >= MAP_UNITS))
         return NULL;
-    size_t u = unit_index(a);
     uint8_t m = memalloc_unit_map[u];
     if (unlikely(!(m & MAP_SMALL)))
         return NULL;
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
     if (unlikely(!tcache_block_plausible(c, p)))
         return NULL;
-    struct tbin *b = &t->bins[c->cls];
+    struct tbin *b = (struct tbin *)((char *)t + c->bin);  /* &t->bins[c->cls] */
     if (unlikely(b->count >= b->max))
         return NULL;
     return b;
@@ -111,8 +108,8 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 static inline void tbin_push(struct tbin *b, void *p)
 {
     void **q = p;
-    q[0] = b->head;
     q[1] = (void *)memalloc_tc_key;
+    q[0] = b->head;
     b->head = q;
     b->count++;
 }

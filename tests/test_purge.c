@@ -75,13 +75,14 @@
 /* ---- helpers ------------------------------------------------------------- */
 
 
-/* The fast path's mask: bit k set exactly when a purged page's index is k
- * modulo 64. */
+/* The fast path's mask: bit k set exactly when a purged page's address
+ * divided by PAGE is k modulo 64. */
 static bool mask_ok(const struct chunk *c)
 {
     uint64_t m = 0;
-    for (size_t w = 0; w < CHUNK_MAX_PAGES / 64; w++)
-        m |= c->purged_map[w];
+    for (size_t pg = 0; pg < CHUNK_MAX_PAGES; pg++)
+        if ((c->purged_map[pg / 64] >> (pg % 64)) & 1)
+            m |= (uint64_t)1 << (((uintptr_t)c / PAGE + pg) % 64);
     return c->purged_mask == m;
 }
 
@@ -618,12 +619,13 @@ static void test_slow_free(unsigned cls)
 {
     struct size_class *sc = &memalloc_classes[cls];
     const size_t cap = sc->capacity, size = sc->size;
-    /* MALLOC_PERTURB_ only turns the hot path off (memalloc_tc NULL): the
+    /* MALLOC_PERTURB_ only turns the hot path off (memalloc_tc points at memalloc_tc_none): the
      * slow paths still use this thread's cache, filling freed blocks. */
     struct tcache *t = tcache_current();
     const bool cached = t != NULL;
     fprintf(stderr, "slow free: class %u, size %zu, capacity %zu, thread cache %s, hot path %s\n",
-            cls, size, cap, cached ? "on" : "off", memalloc_tc ? "on" : "off");
+            cls, size, cap, cached ? "on" : "off",
+            memalloc_tc != &memalloc_tc_none ? "on" : "off");
     void **blk = xcalloc(cap, sizeof *blk);
     bool *live = xcalloc(cap, sizeof *live);
 

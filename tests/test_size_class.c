@@ -13,8 +13,9 @@
  *   - chunk geometry: capacity * size + data_off <= units * UNIT, the header
  *     fits below data_off, capacity <= CHUNK_MAX_BLOCKS, units fit the unit
  *     map's chunk encoding, and capacity >= CHUNK_MIN_BLOCKS;
- *   - the reciprocal div_mul gives off / size exactly for every offset of
- *     the chunk (all of them, multiples of size or not).
+ *   - block_number() gives the block number for every offset of a block
+ *     start and a number above 2^46 for every other offset of the chunk
+ *     (header included) and for far-away multiples of the size.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -140,27 +141,31 @@ static void check_real_blocks(void)
     CHECK(memalloc_check() == 0, "memalloc_check failed after one block of every class");
 }
 
-static void check_reciprocal(void)
+static void check_block_number(void)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         const struct size_class *sc = &memalloc_classes[c];
-        uint64_t size = sc->size, m = sc->div_mul;
-        uint64_t span = (uint64_t)sc->units * UNIT;
+        struct chunk ch = {.inv = sc->inv, .shift = (uint8_t)sc->shift};
+        const uint64_t size = sc->size, span = (uint64_t)sc->units * UNIT;
         int bad = 0;
-        /* Every offset a block pointer can have relative to data_off. */
-        for (uint64_t off = 0; off < span && bad < 3; off++) {
-            uint64_t got = (off * m) >> 40;
-            if (got != off / size) {
-                CHECK(0, "class %u (size %" PRIu64 "): offset %" PRIu64 " gives index %" PRIu64
-                      ", want %" PRIu64, c, size, off, got, off / size);
+        /* Every offset from block 0 that a pointer into the chunk can have,
+         * the header's negative ones included (they wrap): a block start
+         * gives its number, anything else a number no chunk reaches. */
+        for (int64_t off = -(int64_t)sc->data_off; off < (int64_t)span && bad < 3; off++) {
+            uint64_t got = block_number(&ch, (uintptr_t)off);
+            bool start = off >= 0 && off % (int64_t)size == 0;
+            if (start ? got != (uint64_t)off / size : got < ((uint64_t)1 << 46)) {
+                CHECK(0, "class %u (size %" PRIu64 "): offset %" PRId64 " gives %" PRIu64
+                      ", want %s", c, size, off, got, start ? "its block number" : "above 2^46");
                 bad++;
             }
         }
-        /* Block starts exactly, and their neighbours. */
-        for (uint64_t i = 0; i <= sc->capacity && bad < 3; i++) {
-            uint64_t off = i * size;
-            if (((off * m) >> 40) != i || (off && ((off - 1) * m) >> 40 != i - 1)) {
-                CHECK(0, "class %u: block %" PRIu64 " start/end index wrong", c, i);
+        /* Far away in both directions: what a wild pointer gives. */
+        for (uint64_t k = 1; k < 4096 && bad < 3; k++) {
+            uint64_t far = k * size << 21;  /* a multiple of size beyond any chunk */
+            if (block_number(&ch, (uintptr_t)far) < ((uint64_t)1 << 20) ||
+                block_number(&ch, (uintptr_t)-far) < ((uint64_t)1 << 20)) {
+                CHECK(0, "class %u: a far multiple of the size looks like a block", c);
                 bad++;
             }
         }
@@ -183,14 +188,14 @@ int main(void)
     classes_init();
     struct size_class after = memalloc_classes[NUM_CLASSES / 2];
     CHECK(before.size == after.size && before.units == after.units &&
-          before.capacity == after.capacity && before.div_mul == after.div_mul,
+          before.capacity == after.capacity && before.inv == after.inv && before.shift == after.shift,
           "classes_init() changed the table on a second run");
 
     check_sizes();
     check_mapping();
     check_geometry();
     check_real_blocks();
-    check_reciprocal();
+    check_block_number();
     memalloc_free(keep);
 
     return check_report(__FILE__);
