@@ -73,10 +73,10 @@ static struct chunk *chunk_of(const void *p)
 
 
 /* What tcache.c's bin_max and bin_collapsed compute, from their definition:
- * 16 KiB of blocks, 2..64; an eighth of that, 1..8. */
+ * 8 KiB of blocks, 2..64; an eighth of that, 1..8. */
 static unsigned normal_max(unsigned cls)
 {
-    size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
+    size_t n = ((size_t)8 << 10) / memalloc_classes[cls].size;
     return n < 2 ? 2 : n > 64 ? 64 : (unsigned)n;
 }
 
