@@ -20,7 +20,7 @@
  *             class's in_use is exactly the blocks still held plus those in
  *             the bin, and it keeps no chunk beyond the ones those blocks sit
  *             in and the spare.  A malloc that refills the bin restores its
- *             normal limit (16 KiB of blocks, 2..64).  The thread's exit
+ *             normal limit (8 KiB of blocks, 2..64).  The thread's exit
  *             leaves the class empty.
  *   wanted    a bin collapsed the same way returns to its normal limit at its
  *             next fill once another thread has refilled the class.
@@ -39,6 +39,10 @@
  *             consumer's bin (it never refills) must never collapse, at any
  *             point, since the producer keeps refilling the class (it lags
  *             by at most one batch); no block is lost.
+ *   growth    a thread that churns one class (mallocs more than its bin
+ *             holds, then frees them all, eight times) grows that bin to its
+ *             cap (64 KiB of blocks); one that churns 40 classes grows its
+ *             bins by more than nothing and at most 128 KiB in all.
  * memalloc_check() == 0 after every phase.  With MALLOC_PERTURB_ set (meson
  * test sets it) frees take tcache_free_slow, not the inline hot path, so the
  * whole run is repeated in a re-executed copy without it (not under
@@ -859,6 +863,87 @@ static void test_lockstep(void)
 
 /* ---- main ------------------------------------------------------------------------ */
 
+/* ---- growth: bins grow while churned, within a per-thread cap --------------- */
+
+#define GROWTH_CAP_BYTES ((size_t)128 << 10)   /* THREAD_GROWTH_BYTES (tcache.c) */
+
+static unsigned cap_max(unsigned cls)   /* bin_cap: 64 KiB of blocks, 2..1024 */
+{
+    size_t n = ((size_t)64 << 10) / memalloc_classes[cls].size;
+    return n < 2 ? 2 : n > 1024 ? 1024 : (unsigned)n;
+}
+
+/* Rounds of: malloc more blocks of each class than its bin holds (the bin
+ * runs dry and refills), then free them all (it overflows): each round lets
+ * every bin double once, as far as the caps allow. */
+static void churn(const size_t *sizes, size_t nsizes, int rounds)
+{
+    enum { MOST = 1100 };
+    void **p = xcalloc(MOST, sizeof *p);
+    for (int r = 0; r < rounds; r++)
+        for (size_t k = 0; k < nsizes; k++) {
+            unsigned cls = size_to_class(sizes[k]);
+            size_t n = cap_max(cls) + cap_max(cls) / 2;
+            if (n > MOST)
+                n = MOST;
+            for (size_t i = 0; i < n; i++)
+                p[i] = xmalloc_block(sizes[k]);
+            for (size_t i = 0; i < n; i++)
+                memalloc_free(p[i]);
+        }
+    free(p);
+}
+
+static size_t grown(const struct tcache *t)
+{
+    size_t n = 0;
+    for (unsigned c = 0; c < TC_CLASSES; c++)
+        if (t->bins[c].max > normal_max(c))
+            n += (size_t)(t->bins[c].max - normal_max(c)) * memalloc_classes[c].size;
+    return n;
+}
+
+static void *growth_one_thread(void *arg)
+{
+    (void)arg;
+    const size_t size = 64;
+    churn(&size, 1, 8);
+    const struct tcache *t = tcache_current();
+    unsigned cls = size_to_class(size);
+    CHECK(t && t->bins[cls].max == cap_max(cls),
+          "one churned class: bin limit %u, want its cap %u", t ? t->bins[cls].max : 0,
+          cap_max(cls));
+    return NULL;
+}
+
+static void *growth_many_thread(void *arg)
+{
+    (void)arg;
+    size_t sizes[40];
+    for (size_t k = 0; k < 40; k++)
+        sizes[k] = 16 + k * 26;     /* 16 .. 1030 bytes: about 40 classes */
+    churn(sizes, 40, 8);
+    const struct tcache *t = tcache_current();
+    CHECK(t != NULL, "no cache after churning");
+    if (!t)
+        return NULL;
+    size_t g = grown(t), over = 0;
+    for (unsigned c = 0; c < TC_CLASSES; c++)
+        over += t->bins[c].max > cap_max(c);
+    CHECK(g > 0 && g <= GROWTH_CAP_BYTES,
+          "40 churned classes grew their bins by %zu bytes in all, want 1..%zu", g,
+          GROWTH_CAP_BYTES);
+    CHECK(over == 0, "%zu bins past their cap", over);
+    return NULL;
+}
+
+static void test_growth(void)
+{
+    run_thread(growth_one_thread, NULL);
+    run_thread(growth_many_thread, NULL);
+    CHECK_HEAP("growth");
+}
+
 static void watchdog(int sig)
 {
     (void)sig;
@@ -913,6 +998,7 @@ int main(int argc, char **argv)
     test_exit();
     test_lockstep();
     test_pipe();
+    test_growth();              /* last: it touches many classes */
 
     if (check_report(__FILE__))
         return 1;
