@@ -309,11 +309,11 @@ template <class A> void register_side(int which) {
         break;
     case 7:
         benchmark::RegisterBenchmark(nm<A>("BM_threads_local").c_str(), BM_threads_local<A>)
-            ->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
+            ->Threads(1)->Threads(2)->Threads(4)->Threads(8)->UseRealTime();
         break;
     case 8:
         benchmark::RegisterBenchmark(nm<A>("BM_producer_consumer").c_str(), BM_producer_consumer<A>)
-            ->Threads(1)->Threads(2)->Threads(4)->UseRealTime()
+            ->Threads(1)->Threads(2)->Threads(4)->Threads(8)->UseRealTime()
             ->Setup(drain_boxes<A>)->Teardown(drain_boxes<A>);
         break;
     }

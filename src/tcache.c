@@ -34,20 +34,21 @@ static struct tcache *all_caches;
 void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
-/* A bin starts out holding up to 8 KiB of its class (between 2 and 64
+/* A bin starts out holding up to 16 KiB of its class (between 2 and 64
  * blocks).  A bin that keeps running dry and overflowing in turn, because
  * the program holds more of the class at once than that, doubles its limit,
  * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
  * many operations again.  Growth past the starting limits is capped at
- * 128 KiB per thread, summed over its bins: a thread that churns a few
+ * 256 KiB per thread, summed over its bins: a thread that churns a few
  * classes gets big bins for them, and a program whose threads each churn
  * dozens of classes does not pay up to 64 KiB for every one of them in
- * every thread.  bench/workloads/pipeline (5 threads, ~30 classes) peaks
- * at 14-15 MB so, against 17.6 MB with 16 KiB bins growing without a cap
- * and 14.0 MB before thread caches existed; its time does not change.  The
- * price is in single-thread bursts of many classes at once:
- * bench/micro's batch cases of 1,000 blocks over ~40 classes take about
- * 1.3-1.7x as long as with the uncapped bins.
+ * every thread.  Measured on bench/workloads/pipeline (5 threads, ~30
+ * classes; 14.0 MB peak before thread caches existed): 18.0 MB with
+ * uncapped growth, 16.0 MB with this cap, no change in its time.  Smaller
+ * bins (8 KiB, growth capped at 128 KiB) bring it to 14.8 MB but make
+ * bench/micro's producer/consumer at 2 threads 2.4x and its batch cases of
+ * 1,000 blocks 1.3-1.7x slower; this cap leaves those as they were except
+ * producer/consumer, 1.7x.
  *
  * The other way round, a bin that flushed COLLAPSE_BATCHES batches (or
  * COLLAPSE_BYTES, if that is fewer batches of a big class) without a
@@ -75,9 +76,9 @@ static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
     return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
 }
 #define BIN_MOST 1024               /* no bin ever holds more */
-#define BIN_START_BYTES ((size_t)8 << 10)
+#define BIN_START_BYTES ((size_t)16 << 10)
 #define BIN_CAP_BYTES ((size_t)64 << 10)
-#define THREAD_GROWTH_BYTES ((size_t)128 << 10)
+#define THREAD_GROWTH_BYTES ((size_t)256 << 10)
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, BIN_START_BYTES, 64); }
 static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, BIN_CAP_BYTES, BIN_MOST); }
 static uint16_t bin_collapsed(unsigned cls)

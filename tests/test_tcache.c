@@ -20,7 +20,7 @@
  *             class's in_use is exactly the blocks still held plus those in
  *             the bin, and it keeps no chunk beyond the ones those blocks sit
  *             in and the spare.  A malloc that refills the bin restores its
- *             normal limit (8 KiB of blocks, 2..64).  The thread's exit
+ *             normal limit (16 KiB of blocks, 2..64).  The thread's exit
  *             leaves the class empty.
  *   wanted    a bin collapsed the same way returns to its normal limit at its
  *             next fill once another thread has refilled the class.
@@ -42,7 +42,7 @@
  *   growth    a thread that churns one class (mallocs more than its bin
  *             holds, then frees them all, eight times) grows that bin to its
  *             cap (64 KiB of blocks); one that churns 40 classes grows its
- *             bins by more than nothing and at most 128 KiB in all.
+ *             bins by more than nothing and at most 256 KiB in all.
  * memalloc_check() == 0 after every phase.  With MALLOC_PERTURB_ set (meson
  * test sets it) frees take tcache_free_slow, not the inline hot path, so the
  * whole run is repeated in a re-executed copy without it (not under
@@ -77,10 +77,10 @@ static struct chunk *chunk_of(const void *p)
 
 
 /* What tcache.c's bin_max and bin_collapsed compute, from their definition:
- * 8 KiB of blocks, 2..64; an eighth of that, 1..8. */
+ * 16 KiB of blocks, 2..64; an eighth of that, 1..8. */
 static unsigned normal_max(unsigned cls)
 {
-    size_t n = ((size_t)8 << 10) / memalloc_classes[cls].size;
+    size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
     return n < 2 ? 2 : n > 64 ? 64 : (unsigned)n;
 }
 
@@ -865,7 +865,7 @@ static void test_lockstep(void)
 
 /* ---- growth: bins grow while churned, within a per-thread cap --------------- */
 
-#define GROWTH_CAP_BYTES ((size_t)128 << 10)   /* THREAD_GROWTH_BYTES (tcache.c) */
+#define GROWTH_CAP_BYTES ((size_t)256 << 10)   /* THREAD_GROWTH_BYTES (tcache.c) */
 
 static unsigned cap_max(unsigned cls)   /* bin_cap: 64 KiB of blocks, 2..1024 */
 {
