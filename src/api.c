@@ -306,9 +306,12 @@ EXPORT size_t memalloc_malloc_usable_size(void *p)
 /* Aliases, not wrappers: malloc is memalloc_malloc, one symbol, so the hot
  * path pays no extra jump.  override.c has the names whose memalloc_
  * versions live elsewhere. */
-#if defined(__has_attribute) && __has_attribute(copy)
+#if defined(__has_attribute)
+#if __has_attribute(copy)
 #define COPY_ATTRIBUTES(ours) __attribute__((copy(ours)))
-#else
+#endif
+#endif
+#ifndef COPY_ATTRIBUTES
 #define COPY_ATTRIBUTES(ours)
 #endif
 #define STANDARD_NAME(name, ours) \

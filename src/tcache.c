@@ -42,7 +42,9 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * 256 KiB per thread, summed over its bins: a thread that churns a few
  * classes gets big bins for them, and a program whose threads each churn
  * dozens of classes does not pay up to 64 KiB for every one of them in
- * every thread.  Measured on bench/workloads/pipeline (5 threads, ~30
+ * every thread.  (A soft cap: a refill that receives a whole parked batch
+ * from another thread's bigger bin keeps it, raising the bin's limit to
+ * fit, without asking.)  Measured on bench/workloads/pipeline (5 threads, ~30
  * classes; 14.0 MB peak before thread caches existed): 18.0 MB with
  * uncapped growth, 16.0 MB with this cap, no change in its time.  Smaller
  * bins (8 KiB, growth capped at 128 KiB) bring it to 14.8 MB but make

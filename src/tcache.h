@@ -88,8 +88,8 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
  * path, which validates and reports.  Writes nothing. */
 static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 {
-    /* The range check: the unit map covers all the heap can ever span and
-     * is zero wherever memalloc holds nothing; below the base wraps. */
+    /* The range check: the unit map covers all the heap can ever span, and
+     * only units of live chunks say MAP_SMALL; below the base wraps. */
     size_t u = unit_index((uintptr_t)p);
     if (unlikely(u >= MAP_UNITS))
         return NULL;
