@@ -27,7 +27,7 @@ uintptr_t memalloc_heap_limit HIDDEN;
 
 #define NUM_BINS 23                 /* floor(log2(units)) for up to 2^22 units */
 
-static pthread_mutex_t heap_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t heap_mutex = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
 static struct {
     uintptr_t seg_start;            /* first unit of the top segment */
@@ -52,7 +52,7 @@ static int pass_running;            /* a purge pass is under way, atomic */
 /* In a fork child: the only thread left holds no lock and runs no pass. */
 void heap_lock_reinit(void)
 {
-    pthread_mutex_init(&heap_mutex, NULL);
+    lock_init(&heap_mutex);
     pass_running = 0;
 }
 

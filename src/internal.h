@@ -340,6 +340,7 @@ HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const vo
 HIDDEN void message(const char *text);
 HIDDEN size_t fmt_unsigned(char *buf, size_t v);
 HIDDEN void lazy_init(void);
+HIDDEN void lock_init(pthread_mutex_t *m);
 
 extern int memalloc_initialized HIDDEN;
 static inline void ensure_init(void)
