@@ -107,7 +107,7 @@ static NOINLINE void *malloc_slow(size_t n)
 EXPORT void *memalloc_malloc(size_t n)
 {
     if (likely(n - 1 < TC_MAX_SIZE)) {     /* malloc(0) wraps to the slow path */
-        void *p = tcache_pop(memalloc_tc, memalloc_class_of[(n - 1) >> 4]);
+        void *p = tcache_pop(memalloc_tc, size_to_class(n));    /* the table */
         if (likely(p != NULL))
             return p;
     }

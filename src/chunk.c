@@ -406,12 +406,27 @@ static inline void put_back(struct size_class *sc, struct chunk *c, void *p, siz
 
 /* ---- malloc of a small block -------------------------------------------- */
 
+/* The class's first chunk with room, checked: a chunk on the partial list
+ * always has a free block, so one that does not, or is no chunk at all,
+ * had its header overwritten (by a program writing out of bounds, or by
+ * another thread's sbrk racing ours and handing the same memory out
+ * twice).  Stop with a message rather than loop or hand out its garbage. */
+static struct chunk *partial_head(struct size_class *sc)
+{
+    struct chunk *c = sc->partial;
+    if (unlikely(c && (c->s.kind != SPAN_CHUNK || c->in_use >= c->capacity))) {
+        pthread_mutex_unlock(&sc->lock);
+        fatal_pointer("malloc", "heap corruption: chunk header overwritten at", c);
+    }
+    return c;
+}
+
 void *chunk_alloc(unsigned cls, bool *zeroed)
 {
     struct size_class *sc = &memalloc_classes[cls];
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
-    struct chunk *c = sc->partial;
+    struct chunk *c = partial_head(sc);
     if (unlikely(!c)) {
         c = chunk_new(sc, cls);
         if (!c) {
@@ -528,7 +543,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         return got;
     }
     while (got < n) {
-        struct chunk *c = sc->partial;
+        struct chunk *c = partial_head(sc);
         if (!c && !(c = chunk_new(sc, cls)))
             break;
         while (got < n && c->in_use < c->capacity) {

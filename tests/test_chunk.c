@@ -19,6 +19,10 @@
  *     not claim its blocks are zeroed.
  * Also ptr_lookup's PTR_BAD for pointers below the heap base, at or above
  * the limit, and misaligned, and PTR_LARGE for a large block's user pointer.
+ * And, in a forked child, a chunk on its class's partial list whose header
+ * was overwritten (in_use past capacity, as when other code writes over it)
+ * makes the next refill of the class stop with one line naming malloc and
+ * the chunk instead of looping or handing out garbage.
  * memalloc_check() == 0 after every phase.
  */
 #define _GNU_SOURCE
@@ -283,6 +287,31 @@ static void test_class(unsigned cls)
     free(p);
 }
 
+static void corrupt_then_alloc(int cls, void *arg)
+{
+    struct chunk *c = arg;
+    c->in_use = c->capacity + 5;    /* what a stray write might leave */
+    bool zeroed;
+    chunk_alloc((unsigned)cls, &zeroed);
+}
+
+static void test_corrupt_header(unsigned cls)
+{
+    bool zeroed;
+    void *p = chunk_alloc(cls, &zeroed);   /* its chunk is on the partial list */
+    void *meta = NULL;
+    CHECK(p && ptr_lookup(p, &meta) == PTR_SMALL && memalloc_classes[cls].partial == meta,
+          "class %u: the block's chunk should head the partial list", cls);
+    char out[512];
+    size_t len;
+    int st = run_captured(corrupt_then_alloc, (int)cls, meta, out, sizeof out, &len);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && abort_line_ok(out, len, "malloc", meta) &&
+              strstr(out, "heap corruption"),
+          "overwritten chunk header: child %s %d, stderr \"%s\"", CHILD_HOW(st), out);
+    chunk_free(meta, p, "free");
+    CHECK_HEAP("corrupt header (in the child only)");
+}
+
 static void test_lookup(void)
 {
     void *meta = NULL;
@@ -353,6 +382,7 @@ int main(void)
     test_class((unsigned)c_small);
     test_class((unsigned)c_multi);
     test_lookup();
+    test_corrupt_header((unsigned)c_small);
 
     return check_report(__FILE__);
 }
