@@ -2,9 +2,9 @@
  * check.h - what the C test programs share: the failure counter and the
  * CHECK / FAIL reporting macros, check_report() for main's exit status,
  * KiB / MiB, UNDER_VALGRIND(), the xorshift generator, and the fork-child
- * helpers (wait_child, read_all, CHILD_HOW).  With memalloc.h included
- * first it adds CHECK_HEAP and stats().  Test-specific patterns, helpers
- * and limits stay in the test files.
+ * helpers (wait_child, read_all, CHILD_HOW, rerun_without_perturb).  With
+ * memalloc.h included first it adds CHECK_HEAP and stats().  Test-specific
+ * patterns, helpers and limits stay in the test files.
  *
  * Include after the system headers (with _GNU_SOURCE defined first).
  * Define CHECK_MAX_FAILURES before including to make CHECK give up (exit 1)
@@ -126,6 +126,35 @@ static inline int wait_child(pid_t pid)
 #define CHILD_HOW(st)                                                         \
     (WIFSIGNALED(st) ? "died of signal" : "exited with"),                     \
         (WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st))
+
+/* MALLOC_PERTURB_ (meson test sets it) keeps memalloc's inline fast path
+ * off, so a test that wants both paths runs itself again, re-executed
+ * without it, once its own run is done (not under valgrind, where
+ * /proc/self/exe is valgrind's own tool).  Returns the second run's 0 or 77 (skip), or
+ * 1 after a line on stderr naming name; 0 when there is nothing to rerun. */
+static inline int rerun_without_perturb(const char *name, char **argv)
+{
+    const char *pert = getenv("MALLOC_PERTURB_");
+    if (!pert || !*pert || atoi(pert) == 0 || UNDER_VALGRIND())
+        return 0;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "%s: fork: %s\n", name, strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        unsetenv("MALLOC_PERTURB_");
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "%s: re-exec without MALLOC_PERTURB_: %s\n", name, strerror(errno));
+        _exit(127);
+    }
+    int st = wait_child(pid);
+    if (WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 77))
+        return WEXITSTATUS(st);
+    fprintf(stderr, "%s: the run without MALLOC_PERTURB_ %s %d\n", name, CHILD_HOW(st));
+    return 1;
+}
 
 /* Read fd until EOF (retrying EINTR) or size - 1 bytes, into a
  * NUL-terminated buf; the length read. */

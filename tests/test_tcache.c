@@ -953,32 +953,6 @@ static void watchdog(int sig)
     _exit(1);
 }
 
-/* The fast paths only run without MALLOC_PERTURB_: run once more without.
- * Not under valgrind, where /proc/self/exe is valgrind's own tool. */
-static int rerun_without_perturb(char **argv)
-{
-    const char *pert = getenv("MALLOC_PERTURB_");
-    if (!pert || !*pert || atoi(pert) == 0 || UNDER_VALGRIND())
-        return 0;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "%s: fork: %s\n", __FILE__, strerror(errno));
-        return 1;
-    }
-    if (pid == 0) {
-        unsetenv("MALLOC_PERTURB_");
-        execv("/proc/self/exe", argv);
-        fprintf(stderr, "%s: re-exec without MALLOC_PERTURB_: %s\n", __FILE__, strerror(errno));
-        _exit(127);
-    }
-    int st = wait_child(pid);
-    if (WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 77))
-        return WEXITSTATUS(st);
-    fprintf(stderr, "%s: the run without MALLOC_PERTURB_ %s %d\n", __FILE__, CHILD_HOW(st));
-    return 1;
-}
-
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -1002,5 +976,5 @@ int main(int argc, char **argv)
 
     if (check_report(__FILE__))
         return 1;
-    return rerun_without_perturb(argv);
+    return rerun_without_perturb(__FILE__, argv);
 }

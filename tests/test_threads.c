@@ -483,32 +483,6 @@ static void phase3(void)
              "(more than 8 MiB) with nothing in use", before.heap_bytes, after.heap_bytes);
 }
 
-/* meson test sets MALLOC_PERTURB_, and junk filling takes memalloc off its
- * thread-cache fast path; so after a run with it, run once more without. */
-static int rerun_without_perturb(char **argv)
-{
-    const char *pert = getenv("MALLOC_PERTURB_");
-    if (!pert || !*pert || atoi(pert) == 0)
-        return 0;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        FAIL("fork for the run without MALLOC_PERTURB_: %s", strerror(errno));
-        return 1;
-    }
-    if (pid == 0) {
-        unsetenv("MALLOC_PERTURB_");
-        execv("/proc/self/exe", argv);
-        fprintf(stderr, "FAIL: re-exec without MALLOC_PERTURB_: %s\n", strerror(errno));
-        _exit(127);
-    }
-    int st = wait_child(pid);
-    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-        return 0;
-    FAIL("the run without MALLOC_PERTURB_ failed (status 0x%x)", st);
-    return 1;
-}
-
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -524,5 +498,5 @@ int main(int argc, char **argv)
     if (check_report("test_threads"))
         return 1;
     printf("test_threads: all phases passed\n");
-    return rerun_without_perturb(argv);
+    return rerun_without_perturb(__FILE__, argv);
 }
