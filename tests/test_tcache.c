@@ -142,6 +142,18 @@ static void run_thread(void *(*fn)(void *), void *arg)
     pthread_join(t, NULL);
 }
 
+/* Two threads on the same argument, the consumer started first; joined. */
+static void run_pair(void *(*consumer)(void *), void *(*producer)(void *), void *arg)
+{
+    pthread_t tp, tc;
+    if (pthread_create(&tc, NULL, consumer, arg) || pthread_create(&tp, NULL, producer, arg)) {
+        fprintf(stderr, "%s: pthread_create failed\n", __FILE__);
+        exit(1);
+    }
+    pthread_join(tp, NULL);
+    pthread_join(tc, NULL);
+}
+
 static void *xmalloc_block(size_t size)
 {
     void *p = memalloc_malloc(size);
@@ -722,13 +734,7 @@ static void test_pipe(void)
     pthread_mutex_init(&x.lock, NULL);
     pthread_cond_init(&x.not_empty, NULL);
     pthread_cond_init(&x.not_full, NULL);
-    pthread_t tp, tc;
-    if (pthread_create(&tc, NULL, consumer, &x) || pthread_create(&tp, NULL, producer, &x)) {
-        fprintf(stderr, "%s: pthread_create failed\n", __FILE__);
-        exit(1);
-    }
-    pthread_join(tp, NULL);
-    pthread_join(tc, NULL);
+    run_pair(consumer, producer, &x);
     fprintf(stderr, "pipe: class %u, %zu blocks: %u refills; consumer bin count %u max %u "
             "flushed %#x, seen collapsed after %zu of its frees\n", x.cls, x.n, x.refills_seen,
             x.end_count, x.end_max, x.end_flushed, x.collapsed_seen);
@@ -827,13 +833,7 @@ static void test_lockstep(void)
     CHECK(normal_max(x.cls) == LS_BATCH, "class %u bin limit %u, the test assumes %d", x.cls,
           normal_max(x.cls), LS_BATCH);
     pthread_barrier_init(&x.bar, NULL, 2);
-    pthread_t tp, tc;
-    if (pthread_create(&tc, NULL, ls_consumer, &x) || pthread_create(&tp, NULL, ls_producer, &x)) {
-        fprintf(stderr, "%s: pthread_create failed\n", __FILE__);
-        exit(1);
-    }
-    pthread_join(tp, NULL);
-    pthread_join(tc, NULL);
+    run_pair(ls_consumer, ls_producer, &x);
     pthread_barrier_destroy(&x.bar);
     int no_refill = -1;
     for (int r = 0; r < LS_ROUNDS; r++)
