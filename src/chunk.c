@@ -68,10 +68,10 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
  * with the adaptive decay of heap.c: making every chunk with a free block a
  * candidate made bench/workloads/footprint 23% slower, 1.19 s against
  * 0.97 s, for the same memory; 1/4 instead of 1/16 was within noise.)  A
- * chunk goes on its class's candidate list
- * when a block coming back makes it sparse; a pass purges the candidates
- * that no block was taken from or put back to during the last `decay` pass
- * intervals (heap.c decides the decay). */
+ * chunk goes on its class's candidate list when a block coming back makes
+ * it sparse; a pass purges the candidates that no block was taken from or
+ * put back to during the last `decay` pass intervals (heap.c decides the
+ * decay). */
 #define SPARSE_DIV 16
 static uint32_t purge_epoch = 1;
 static size_t purged_bytes;         /* statistics, atomic */

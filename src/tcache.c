@@ -44,13 +44,13 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * dozens of classes does not pay up to 64 KiB for every one of them in
  * every thread.  (A soft cap: a refill that receives a whole parked batch
  * from another thread's bigger bin keeps it, raising the bin's limit to
- * fit, without asking.)  Measured on bench/workloads/pipeline (5 threads, ~30
- * classes; 14.0 MB peak before thread caches existed): 18.0 MB with
- * uncapped growth, 16.0 MB with this cap, no change in its time.  Smaller
- * bins (8 KiB, growth capped at 128 KiB) bring it to 14.8 MB but make
- * bench/micro's producer/consumer at 2 threads 2.4x and its batch cases of
- * 1,000 blocks 1.3-1.7x slower; this cap leaves those as they were except
- * producer/consumer, 1.7x.
+ * fit, without asking.)  One A/B run of bench/workloads/pipeline (5
+ * threads, ~30 classes) peaked at 18.0 MB with uncapped growth, 16.0 MB
+ * with this cap and 14.8 MB with 8 KiB bins capped at 128 KiB, its time the
+ * same in all three.  In an A/B run of bench/micro (with the plain mutexes
+ * of the time) the 8 KiB setting made producer/consumer at 2 threads 2.4x
+ * and the batch cases of 1,000 blocks 1.3-1.7x slower; this cap left the
+ * batch cases as they were and producer/consumer 1.7x slower.
  *
  * The other way round, a bin that flushed COLLAPSE_BATCHES batches (or
  * COLLAPSE_BYTES, if that is fewer batches of a big class) without a
