@@ -66,7 +66,7 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 {
     ensure_init();
     size_t want = n > align ? n : align;
-    if (align <= PAGE && want <= SMALL_MAX) {
+    if (align <= CLASS_ALIGN_MAX && want <= SMALL_MAX) {
         unsigned cls = size_to_class(want);
         while (cls < NUM_CLASSES && memalloc_classes[cls].align < align)
             cls++;
@@ -278,7 +278,8 @@ EXPORT void *memalloc_memalign(size_t align, size_t n)
 
 EXPORT void *memalloc_valloc(size_t n)
 {
-    return memalign_common(PAGE, n);
+    ensure_init();                  /* os_page() is read from the kernel there */
+    return memalign_common(os_page(), n);
 }
 
 EXPORT void *memalloc_pvalloc(size_t n)
@@ -287,8 +288,10 @@ EXPORT void *memalloc_pvalloc(size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    size_t rounded = n == 0 ? PAGE : (n + PAGE - 1) & ~((size_t)PAGE - 1);
-    return memalign_common(PAGE, rounded);
+    ensure_init();
+    size_t page = os_page();
+    size_t rounded = n == 0 ? page : (n + page - 1) & ~(page - 1);
+    return memalign_common(page, rounded);
 }
 
 EXPORT size_t memalloc_malloc_usable_size(void *p)

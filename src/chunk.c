@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE
 #include <string.h>
-#include <sys/mman.h>
 
 #include "internal.h"
 #include "tcache.h"
@@ -79,7 +78,7 @@ static size_t reused_bytes;         /* purged pages handed out again, atomic */
 
 static inline bool candidate(const struct chunk *c)
 {
-    if (c->size >= PAGE)            /* each free block is whole pages */
+    if (c->size >= os_page())       /* each free block is whole pages */
         return (size_t)c->in_use * 2 <= c->capacity;
     return (size_t)c->in_use * SPARSE_DIV <= c->capacity;
 }
@@ -128,23 +127,15 @@ static bool all_free(const struct chunk *c, size_t lo, size_t hi)
     return true;
 }
 
-static void give_back(char *from, char *to)
-{
-    if (from == to)
-        return;
-    int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
-    if (madvise(from, (size_t)(to - from), advice) == 0)
-        __atomic_add_fetch(&purged_bytes, (size_t)(to - from), __ATOMIC_RELAXED);
-}
-
-/* Bit k of the mask stands for the pages whose address / PAGE is k modulo
- * 64, so that the fast path can index it with the block's own address. */
+/* Bit k of the mask stands for the grains whose address / GRAIN is k
+ * modulo 64, so that the fast path can index it with the block's own
+ * address. */
 static uint64_t purged_mask_for(const struct chunk *c)
 {
     uint64_t mask = 0;
-    for (size_t w = 0; w < CHUNK_MAX_PAGES / 64; w++)
+    for (size_t w = 0; w < CHUNK_MAX_GRAINS / 64; w++)
         mask |= c->purged_map[w];
-    unsigned r = (unsigned)((uintptr_t)c / PAGE) & 63;
+    unsigned r = (unsigned)((uintptr_t)c / GRAIN) & 63;
     return r ? (mask << r) | (mask >> (64 - r)) : mask;
 }
 
@@ -153,39 +144,59 @@ static void set_purged_mask(struct chunk *c)
     __atomic_store_n(&c->purged_mask, purged_mask_for(c), __ATOMIC_RELEASE);
 }
 
-/* madvise every page of c that holds only free blocks and may hold data,
- * in runs.  The header page stays.  Class lock held: a block cannot be
- * taken from a page while it is being purged.  The fast path's mask is
- * set before the pages lose their free keys. */
+/* madvise every kernel page of c that holds only free blocks and may hold
+ * data, in runs.  The bitmap is kept in grains, and a kernel page is one or
+ * more whole grains (the chunk is unit-aligned): a page goes back whole,
+ * and all its grains are marked.  The header's page stays.  Class lock
+ * held: a block cannot be taken from a page while it is being purged.
+ *
+ * Ordering: the mask is stored (release) before madvise wipes the free
+ * keys, and madvise is a system call whose TLB shootdown is a full barrier
+ * on every CPU, so a lock-free free that reads a wiped key (acquire, in
+ * tcache_block_plausible) and then the mask sees the mask's new value. */
 static void purge_chunk(struct chunk *c)
 {
-    const size_t npages = c->s.units * (UNIT / PAGE);
-    size_t end = npages;
+    const size_t grains = c->s.units * (UNIT / GRAIN);
+    const size_t page = os_page(), step = page / GRAIN;
+    if (page > UNIT)
+        return;
+    size_t end = grains;
     if (c->fresh) {     /* pages above the carved blocks were never touched */
         size_t touched = c->data_off + (size_t)c->carved * c->size;
-        end = (touched + PAGE - 1) / PAGE;
+        end = (touched + page - 1) / page * step;
+        if (end > grains)
+            end = grains;
     }
-    uint64_t newly[CHUNK_MAX_PAGES / 64] = {0};    /* pages purged by this call */
-    size_t first_pg = (c->data_off + PAGE - 1) / PAGE;
-    for (size_t pg = first_pg; pg < end; pg++) {
-        size_t lo = (pg * PAGE - c->data_off) / c->size;
-        size_t hi = ((pg + 1) * PAGE - 1 - c->data_off) / c->size;
+    uint64_t newly[CHUNK_MAX_GRAINS / 64] = {0};   /* first grains of pages this call purges */
+    size_t first = (c->data_off + page - 1) / page * step;
+    for (size_t pg = first; pg + step <= end; pg += step) {
+        size_t lo = (pg * GRAIN - c->data_off) / c->size;
+        size_t hi = ((pg + step) * GRAIN - 1 - c->data_off) / c->size;
         if (hi >= c->capacity)
             hi = c->capacity - 1;
-        if (!bit_get(c->purged_map, pg) && lo <= hi && all_free(c, lo, hi)) {
-            c->purged_map[pg / 64] |= (uint64_t)1 << (pg % 64);
-            newly[pg / 64] |= (uint64_t)1 << (pg % 64);
-            c->purged++;
+        if (lo > hi || !all_free(c, lo, hi))
+            continue;
+        /* Only grains that hold part of a block are marked: taking the
+         * blocks back unmarks them all again. */
+        for (size_t g = pg; g < pg + step; g++) {
+            if (!bit_get(c->purged_map, g) &&
+                (g * GRAIN - c->data_off) / c->size < c->capacity) {
+                c->purged_map[g / 64] |= (uint64_t)1 << (g % 64);
+                c->purged++;
+                newly[pg / 64] |= (uint64_t)1 << (pg % 64);
+            }
         }
     }
     set_purged_mask(c);
+    bool lazy = option(OPT_PURGE_LAZY) != 0;
     char *run = NULL;
-    for (size_t pg = first_pg; pg <= end; pg++) {
-        if (pg < end && bit_get(newly, pg)) {
+    for (size_t pg = first; pg <= end; pg += step) {
+        if (pg + step <= end && bit_get(newly, pg)) {
             if (!run)
-                run = (char *)c + pg * PAGE;
+                run = (char *)c + pg * GRAIN;
         } else if (run) {
-            give_back(run, (char *)c + pg * PAGE);
+            size_t done = os_purge(run, (size_t)((char *)c + pg * GRAIN - run), lazy);
+            __atomic_add_fetch(&purged_bytes, done, __ATOMIC_RELAXED);
             run = NULL;
         }
     }
@@ -295,12 +306,12 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
  * page free, and would count every block of a busy chunk's churn. */
 static size_t resident_estimate(const struct chunk *c)
 {
-    size_t pages = c->s.units * (UNIT / PAGE);
+    size_t grains = c->s.units * (UNIT / GRAIN);
     if (c->fresh) {
-        size_t touched = (c->data_off + (size_t)c->carved * c->size + PAGE - 1) / PAGE;
-        pages = touched < pages ? touched : pages;
+        size_t touched = (c->data_off + (size_t)c->carved * c->size + GRAIN - 1) / GRAIN;
+        grains = touched < grains ? touched : grains;
     }
-    return (pages > c->purged ? pages - c->purged : 1) * PAGE;
+    return (grains > c->purged ? grains - c->purged : 1) * GRAIN;
 }
 
 static void chunk_retire(struct size_class *sc, struct chunk *c)
@@ -317,14 +328,14 @@ static void chunk_retire(struct size_class *sc, struct chunk *c)
 
 /* ---- taking and putting back blocks (class lock held) -------------------- */
 
-/* Page pg of c comes back into use: its free blocks lost their free key
- * when it was purged, and with the page's mask bit about to clear the
+/* Grain pg of c comes back into use: its free blocks lost their free key
+ * when it was purged, and with the grain's mask bit about to clear the
  * lock-free path would trust them again, so a second free of one of them
  * would go into a cache while the bitmap still calls it free.  Give every
- * free block that starts on the page its key back. */
-static void rekey_page(struct chunk *c, size_t pg, size_t taken)
+ * free block that starts in the grain its key back. */
+static void rekey_grain(struct chunk *c, size_t pg, size_t taken)
 {
-    size_t lo_off = pg * PAGE, hi_off = lo_off + PAGE;
+    size_t lo_off = pg * GRAIN, hi_off = lo_off + GRAIN;
     if (hi_off <= c->data_off)
         return;
     size_t first = lo_off > c->data_off ? (lo_off - c->data_off + c->size - 1) / c->size : 0;
@@ -336,18 +347,20 @@ static void rekey_page(struct chunk *c, size_t pg, size_t taken)
             ((void **)((char *)c + c->data_off + i * c->size))[1] = (void *)memalloc_tc_key;
 }
 
-/* Taking block idx out of a purged page makes the page live again. */
+/* Taking block idx out of purged grains makes them live again.  The rest
+ * of their kernel page stays marked: its free blocks read as zero, without
+ * their keys, which is all that a purged grain promises. */
 static NOINLINE void unpurge(struct chunk *c, size_t idx)
 {
-    size_t first = (c->data_off + idx * c->size) / PAGE;
-    size_t last = (c->data_off + (idx + 1) * c->size - 1) / PAGE;
+    size_t first = (c->data_off + idx * c->size) / GRAIN;
+    size_t last = (c->data_off + (idx + 1) * c->size - 1) / GRAIN;
     size_t reused = 0;
     for (size_t pg = first; pg <= last; pg++) {
         if (bit_get(c->purged_map, pg)) {
-            rekey_page(c, pg, idx);
+            rekey_grain(c, pg, idx);
             c->purged_map[pg / 64] &= ~((uint64_t)1 << (pg % 64));
             c->purged--;
-            reused += PAGE;
+            reused += GRAIN;
         }
     }
     if (reused)
@@ -758,15 +771,15 @@ int chunk_check(struct chunk *c)
         if (c->used_map[w] != ~(uint64_t)0)
             bad += chunk_complain("free block below the hint", c);
     size_t purged = 0;
-    for (size_t pg = 0; pg < c->s.units * (UNIT / PAGE); pg++) {
+    for (size_t pg = 0; pg < c->s.units * (UNIT / GRAIN); pg++) {
         if (!bit_get(c->purged_map, pg))
             continue;
         purged++;
-        size_t lo = (pg * PAGE - c->data_off) / c->size;
-        size_t hi = ((pg + 1) * PAGE - 1 - c->data_off) / c->size;
+        size_t lo = (pg * GRAIN - c->data_off) / c->size;
+        size_t hi = ((pg + 1) * GRAIN - 1 - c->data_off) / c->size;
         if (hi >= c->capacity)
             hi = c->capacity - 1;
-        if (pg * PAGE < c->data_off || (lo <= hi && !all_free(c, lo, hi)))
+        if (pg * GRAIN < c->data_off || (lo <= hi && !all_free(c, lo, hi)))
             bad += chunk_complain("purged page holds a block in use", c);
     }
     if (purged != c->purged)

@@ -17,7 +17,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -49,10 +48,14 @@ void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
 void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
 static int pass_running;            /* a purge pass is under way, atomic */
 
-/* In a fork child: the only thread left holds no lock and runs no pass. */
-void heap_lock_reinit(void)
+/* In a fork child the only thread left runs no pass: not even one the
+ * fork interrupted, when a signal handler forked (the child may never
+ * return into it).  It holds no lock either when the parent's prepare
+ * handler took them all (relock), so they are made new. */
+void heap_fork_child(bool relock)
 {
-    lock_init(&heap_mutex);
+    if (relock)
+        lock_init(&heap_mutex);
     pass_running = 0;
 }
 
@@ -286,6 +289,35 @@ static struct span *new_segment(size_t units)
     return s;
 }
 
+/* sbrk and brk for the rest of the program.  The space above the break is
+ * reserved (platform.c), so glibc's own versions would fail there; these
+ * make room the same way memalloc does, under the heap lock, so that a
+ * program's sbrk never races memalloc's.  What they hand out becomes a gap
+ * between memalloc's segments that memalloc never touches. */
+#define EXPORT __attribute__((visibility("default")))
+EXPORT void *sbrk(intptr_t delta)
+{
+    ensure_init();
+    heap_lock();
+    void *old = raw_sbrk(delta);
+    heap_unlock();
+    return old;
+}
+
+EXPORT int brk(void *addr)
+{
+    ensure_init();
+    heap_lock();
+    intptr_t delta = (intptr_t)((uintptr_t)addr - (uintptr_t)raw_break());
+    void *old = raw_sbrk(delta);
+    heap_unlock();
+    if (old == (void *)-1) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
 /* Give the top span (free) back to the kernel, keeping `keep` bytes.  All
  * reads of the span's header happen before the sbrk that may unmap it. */
 static bool shrink_top(size_t keep)
@@ -378,14 +410,15 @@ static size_t threshold_for(size_t live)
 static bool purge_locked(unsigned decay)
 {
     bool any = false;
-    int advice = option(OPT_PURGE_LAZY) ? MADV_FREE : MADV_DONTNEED;
+    bool lazy = option(OPT_PURGE_LAZY) != 0;
     H.epoch++;
     for (struct free_span *f = H.dirty, *next; f; f = next) {
         next = f->dirty_next;
-        size_t len = span_bytes(&f->s) - PAGE;
+        size_t len = span_bytes(&f->s) - os_page();
         if (len == 0 || f->dirty_since + decay >= H.epoch)
             continue;
-        if (madvise((char *)f + PAGE, len, advice) == 0) {
+        size_t done = os_purge((char *)f + os_page(), len, lazy);
+        if (done == len) {
             H.st.released_madvise += len;
             H.dirty_free -= f->dirty;
             f->dirty = 0;
@@ -452,21 +485,23 @@ void purge_maybe(void)
      * dirt of retired chunks, which chunk.c noted, is in the base. */
     size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED);
     size_t base = __atomic_load_n(&H.dirty_base, __ATOMIC_RELAXED);
-    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED) +
-                     (dirty > base ? dirty - base : 0);
+    size_t seen = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED);
+    size_t pending = seen + (dirty > base ? dirty - base : 0);
     if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
                pending < (size_t)option(OPT_PURGE_THRESHOLD)))
         return;
     size_t live = live_bytes();
     size_t threshold = threshold_for(live);
     if (pending < threshold) {
-        __atomic_store_n(&next_look, pending + (threshold - pending) / 2 + PAGE,
+        __atomic_store_n(&next_look, pending + (threshold - pending) / 2 + GRAIN,
                          __ATOMIC_RELAXED);
         return;
     }
     if (__atomic_exchange_n(&pass_running, 1, __ATOMIC_ACQUIRE))
         return;
-    __atomic_store_n(&dirty_pending, 0, __ATOMIC_RELAXED);
+    /* Subtract what this pass answers for: additions made since the load
+     * above belong to the next pass and must not be lost. */
+    __atomic_sub_fetch(&dirty_pending, seen, __ATOMIC_RELAXED);
     __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
     /* A program that allocated nothing since the last pass, and does not
      * reuse what passes purge, is freeing for good, and the last of it
@@ -540,7 +575,7 @@ static size_t purged_dirty(const struct span *s)
 {
     if (((const struct free_span *)s)->dirty || option(OPT_PURGE_LAZY))
         return span_bytes(s);
-    return PAGE;
+    return os_page() < span_bytes(s) ? os_page() : span_bytes(s);
 }
 
 /* A span that was in use is all dirty. */
@@ -620,7 +655,7 @@ struct span *heap_alloc_span(size_t units, bool *fresh)
 void heap_free_span(struct span *s, size_t dirty)
 {
     heap_lock();
-    dirty = dirty ? dirty : PAGE;
+    dirty = dirty ? dirty : GRAIN;
     release_locked(s, dirty);
     H.dirty_base += dirty;          /* chunk.c noted it already */
     heap_unlock();

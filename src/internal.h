@@ -45,7 +45,8 @@
 
 #define UNIT_SHIFT 16
 #define UNIT ((size_t)1 << UNIT_SHIFT)
-#define PAGE 4096u
+#define GRAIN 4096u                 /* see the glossary; os_page() is the real page */
+#define CLASS_ALIGN_MAX 4096u       /* classes give their blocks natural alignment up to this */
 #define ALIGNMENT 16u               /* every result is 16-byte aligned */
 
 /* 2^22 units of 64 KiB: memalloc's heap may span 256 GiB above its base.
@@ -107,7 +108,7 @@ struct large_block {
  * be given back with madvise.  Blocks past `carved` were never handed out. */
 #define CHUNK_MAX_BLOCKS (UNIT / ALIGNMENT)
 #define CHUNK_MAX_UNITS 20          /* the 128 KiB class needs 17 */
-#define CHUNK_MAX_PAGES (CHUNK_MAX_UNITS * UNIT / PAGE)
+#define CHUNK_MAX_GRAINS (CHUNK_MAX_UNITS * UNIT / GRAIN)
 /* The first cache line holds what the lock-free free path reads; it is
  * written only while the chunk is set up, carved or purged.  The counts and
  * links that every batch under the class lock writes live on the next line,
@@ -120,12 +121,12 @@ struct chunk {
     uint32_t carved;                /* blocks below have been handed out once */
     uintptr_t blocks;               /* address of block 0: chunk + data_off */
     uint64_t inv;                   /* ... and odd * inv == 1 modulo 2^64 */
-    /* Bit k is set while some purged page has an address / PAGE == k
+    /* Bit k is set while some purged grain has an address / GRAIN == k
      * modulo 64: the OR of the words of purged_map, rotated by the chunk's
-     * own page number.  A free block on a purged page has lost
+     * own grain number.  A free block on a purged grain has lost
      * the key that marks it free and only its bit can tell, so the
      * lock-free free path leaves blocks whose key word sits on a page with
-     * its bit set to the slow path.  Exact for chunks of up to 64 pages. */
+     * its bit set to the slow path.  Exact for chunks of up to 64 grains. */
     uint64_t purged_mask;
     uint32_t size;                  /* block size, copied from the class */
     uint32_t data_off;              /* offset of block 0 from the chunk start */
@@ -134,13 +135,13 @@ struct chunk {
     uint32_t capacity;              /* blocks that fit */
     uint32_t fresh;                 /* memory came straight from sbrk: zero */
     uint32_t hint;                  /* no free block in used_map words below */
-    uint32_t purged;                /* pages set in purged_map */
+    uint32_t purged;                /* grains set in purged_map */
     uint32_t touched;               /* purge epoch of the last block taken or put back */
     uint32_t listed;                /* on the class's candidate list */
     struct chunk *next, *prev;      /* in the class's list of chunks with room */
     struct chunk *cand_next, *cand_prev;    /* in the class's candidate list */
     uint64_t used_map[CHUNK_MAX_BLOCKS / 64];   /* 1 bit per block in use */
-    uint64_t purged_map[CHUNK_MAX_PAGES / 64];  /* 1 bit per page given back */
+    uint64_t purged_map[CHUNK_MAX_GRAINS / 64]; /* 1 bit per grain given back */
 };
 #define CHUNK_HDR_SIZE sizeof(struct chunk)
 
@@ -266,7 +267,7 @@ HIDDEN void purge_maybe(void);
 HIDDEN void heap_get_stats(struct heap_stats *st);
 HIDDEN void heap_lock(void);
 HIDDEN void heap_unlock(void);
-HIDDEN void heap_lock_reinit(void);
+HIDDEN void heap_fork_child(bool relock);
 HIDDEN int heap_check(void);        /* caller holds the heap lock */
 HIDDEN int chunk_check(struct chunk *c);  /* caller holds the class lock */
 
@@ -336,6 +337,12 @@ HIDDEN void stats_print(void);
 
 HIDDEN void *raw_sbrk(intptr_t delta);
 HIDDEN void *raw_break(void);
+HIDDEN size_t os_purge(void *from, size_t len, bool lazy);
+HIDDEN void os_init(void);
+extern size_t memalloc_os_page HIDDEN;
+/* The kernel's page size (or the build's forced one, if bigger): set by
+ * os_init() before the first block is handed out. */
+static inline size_t os_page(void) { return memalloc_os_page; }
 HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const void *p);
 HIDDEN void message(const char *text);
 HIDDEN size_t fmt_unsigned(char *buf, size_t v);

@@ -1,5 +1,6 @@
 /*
- * platform.c - the only file that talks to the system: the break, error
+ * platform.c - the only file that talks to the system: the break and the
+ * address-space reservation above it, the page size and madvise, error
  * messages, one-time initialisation and the fork handlers.
  *
  * Invariants: nothing here calls malloc while an allocator lock is held;
@@ -11,6 +12,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/single_threaded.h>
 #include <unistd.h>
 
@@ -29,14 +33,161 @@
 #define VALGRIND_MAKE_MEM_DEFINED(addr, len) ((void)(addr), (void)(len))
 #endif
 
+/* ---- pages -------------------------------------------------------------- */
+
+/* 4096 until os_init() runs; nothing is purged or page-aligned before. */
+size_t memalloc_os_page HIDDEN = 4096;
+
+/* The page size in force: the kernel's, or the build's MEMALLOC_FORCE_PAGE
+ * (meson -Dpage_size=N) when that is bigger, so that the whole suite can
+ * run as if on a 16 or 64 KiB kernel.  A page must be a whole number of
+ * grains and at most a unit (aarch64 kernels use 4, 16 or 64 KiB). */
+void os_init(void)
+{
+    size_t page = (size_t)getauxval(AT_PAGESZ);
+    if (page == 0)
+        page = (size_t)sysconf(_SC_PAGESIZE);
+#ifdef MEMALLOC_FORCE_PAGE
+    if (page < MEMALLOC_FORCE_PAGE)
+        page = MEMALLOC_FORCE_PAGE;
+#endif
+    if (page < GRAIN || (page & (page - 1)) != 0)
+        page = GRAIN;
+    memalloc_os_page = page;
+}
+
+/* Give [from, from + len) back to the kernel, rounded inward to whole
+ * pages: madvise needs an aligned start and rounds the length up, so an
+ * unrounded range would zap live data sharing the last page.  Returns the
+ * bytes given back (0 when no whole page fits or madvise failed). */
+size_t os_purge(void *from, size_t len, bool lazy)
+{
+    size_t page = os_page();
+    uintptr_t a = ((uintptr_t)from + page - 1) & ~(page - 1);
+    uintptr_t b = ((uintptr_t)from + len) & ~(page - 1);
+    if (page > UNIT || b <= a)
+        return 0;
+    if (madvise((void *)a, b - a, lazy ? MADV_FREE : MADV_DONTNEED) != 0)
+        return 0;
+    return b - a;
+}
+
+/* ---- the break and the reservation above it ------------------------------ */
+
+/*
+ * The address space right above the break is reserved with a PROT_NONE,
+ * MAP_NORESERVE mapping: it obtains no memory (no RSS, no commit charge,
+ * not counted in RLIMIT_DATA), but nobody else's mmap can land there.
+ * Without it, a mapping placed at the break (V8's code range under a
+ * non-PIE node, LuaJIT, JVMs) stops the heap for good, since sbrk is the
+ * only source of memory.  To grow, the bottom slice of the reservation is
+ * unmapped and sbrk moves into it; after a shrink the freed range is
+ * reserved again.  The kernel wants one page between the break and the
+ * next mapping, so the reservation starts a page above the break.
+ *
+ * The reservation covers RESERVE_BYTES (capped at an eighth of RLIMIT_AS,
+ * which does count it) and is extended by as much again at its top when
+ * the heap reaches it.  If something already sits above the break, a
+ * smaller reservation up to it is taken, or none.
+ *
+ * Callers serialise: every call comes from heap.c with the heap lock held.
+ */
+#define RESERVE_BYTES ((size_t)4 << 30)
+#define RESERVE_MIN ((size_t)1 << 20)
+static uintptr_t res_lo, res_hi;    /* [res_lo, res_hi) is reserved; 0, 0: none */
+extern void *__sbrk(intptr_t delta);    /* glibc's, which our sbrk() wraps */
+static bool res_tried;
+
+static inline uintptr_t page_up(uintptr_t a)
+{
+    return (a + os_page() - 1) & ~(os_page() - 1);
+}
+
+/* Reserve exactly [at, at + len) or nothing.  A kernel older than 4.17
+ * treats MAP_FIXED_NOREPLACE as a hint, hence the address check. */
+static bool reserve(uintptr_t at, size_t len)
+{
+    void *p = mmap((void *)at, len, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED)
+        return false;
+    if (p != (void *)at) {
+        munmap(p, len);
+        return false;
+    }
+    return true;
+}
+
+static void reserve_first(uintptr_t brk)
+{
+    res_tried = true;
+    size_t len = RESERVE_BYTES;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur / 8 < len)
+        len = (size_t)(rl.rlim_cur / 8) & ~(os_page() - 1);
+    uintptr_t at = page_up(brk) + os_page();
+    for (; len >= RESERVE_MIN; len /= 2)
+        if (reserve(at, len)) {
+            res_lo = at;
+            res_hi = at + len;
+            return;
+        }
+}
+
+/* Before the break grows from cur by delta: move the bottom of the
+ * reservation out of the way, extending it first if the growth reaches its
+ * top.  [*from, returned) is what was unmapped, to take back on failure. */
+static uintptr_t make_room(uintptr_t cur, size_t delta, uintptr_t *from)
+{
+    *from = res_lo;
+    if (!res_lo || cur > (uintptr_t)PTRDIFF_MAX - delta)
+        return res_lo;
+    uintptr_t need = page_up(cur + delta) + os_page();
+    if (need <= res_lo)
+        return res_lo;
+    if (need > res_hi) {
+        size_t more = need - res_hi > RESERVE_BYTES ? page_up(need - res_hi) : RESERVE_BYTES;
+        if (reserve(res_hi, more))
+            res_hi += more;
+    }
+    uintptr_t cut = need < res_hi ? need : res_hi;
+    munmap((void *)res_lo, cut - res_lo);
+    res_lo = cut;
+    if (res_lo == res_hi)
+        res_lo = res_hi = 0;        /* used up: something sits right above it */
+    return cut;
+}
+
+/* Our sbrk, glibc's underneath (it keeps glibc's cached break right):
+ * grows into the reservation, and reserves what a shrink gave back. */
 void *raw_sbrk(intptr_t delta)
 {
-    void *old = sbrk(delta);
-    if (delta > 0 && old != (void *)-1)
+    uintptr_t cur = (uintptr_t)__sbrk(0), from = 0, cut = 0;
+    if (delta > 0) {
+        if (!res_tried)
+            reserve_first(cur);
+        cut = make_room(cur, (size_t)delta, &from);
+    }
+    void *old = __sbrk(delta);
+    if (old == (void *)-1) {
+        if (from && from < cut && reserve(from, cut - from)) {
+            if (!res_lo)
+                res_hi = cut;
+            res_lo = from;
+        }
+        return old;
+    }
+    if (delta > 0) {
         VALGRIND_MAKE_MEM_DEFINED(old, (size_t)delta);
+    } else if (delta < 0 && res_lo) {
+        uintptr_t want = page_up((uintptr_t)old + (uintptr_t)delta) + os_page();
+        if (want < res_lo && reserve(want, res_lo - want))
+            res_lo = want;
+    }
     return old;
 }
-void *raw_break(void) { return sbrk(0); }
+void *raw_break(void) { return __sbrk(0); }
 
 /* ---- messages ----------------------------------------------------------- */
 
@@ -155,11 +306,11 @@ static void fork_parent(void)
  * new; glibc resets its stdio list lock in the child itself. */
 static void fork_child(void)
 {
+    heap_fork_child(fork_locked);
     if (!fork_locked)
         return;
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         lock_init(&memalloc_classes[c].lock);
-    heap_lock_reinit();
     tcache_fork_child();
 }
 
@@ -188,6 +339,7 @@ void lazy_init(void)
     int expected = 0;
     if (__atomic_compare_exchange_n(&init_state, &expected, 1, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        os_init();
         for (unsigned c = 0; c < NUM_CLASSES; c++)
             lock_init(&memalloc_classes[c].lock);
         classes_init();

@@ -51,7 +51,7 @@ void classes_init(void)
         /* Blocks of power-of-two classes get their natural alignment (up to a
          * page) by starting the data area at a multiple of it; that is what
          * lets small aligned requests stay in the classes. */
-        size_t natural = lowest_bit(size) < PAGE ? lowest_bit(size) : PAGE;
+        size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
         size_t data_off = round_up(CHUNK_HDR_SIZE, natural < 64 ? 64 : natural);
         size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
         size_t capacity = (units * UNIT - data_off) / size;

@@ -80,7 +80,7 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
      * bit already set. */
     uintptr_t key = __atomic_load_n(&((const uintptr_t *)p)[1], __ATOMIC_ACQUIRE);
     uint64_t purged = __atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED);
-    return likely(!((purged >> ((a / PAGE) & 63)) & 1) && key != memalloc_tc_key);
+    return likely(!((purged >> ((a / GRAIN) & 63)) & 1) && key != memalloc_tc_key);
 }
 
 /* The bin p may go into: p is a valid small block of a cached class, does

@@ -24,6 +24,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* ---- the page size ------------------------------------------------------- */
+
+/* The page size memalloc works with: the kernel's, or the bigger one the
+ * build forces (meson -Dpage_size=N passes MEMALLOC_FORCE_PAGE to tests
+ * too), for valloc, pvalloc and purge expectations. */
+static inline size_t page_in_force(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+#ifdef MEMALLOC_FORCE_PAGE
+    if (page < MEMALLOC_FORCE_PAGE)
+        page = MEMALLOC_FORCE_PAGE;
+#endif
+    return page;
+}
+
 /* ---- failures -------------------------------------------------------------- */
 
 /* Failed checks so far; atomic, since threaded tests report from any thread. */

@@ -292,7 +292,7 @@ static void test_memalign_rounding(void)
 
 static void test_valloc_pvalloc(void)
 {
-    long page = sysconf(_SC_PAGESIZE);
+    long page = (long)page_in_force();
     static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 10000, 65536, 300000};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         size_t n = sizes[i];

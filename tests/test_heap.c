@@ -389,8 +389,8 @@ static void phase_foreign(void)
 
 static bool span_pages_zero(const void *span, size_t units)
 {
-    const unsigned char *p = (const unsigned char *)span + PAGE;
-    for (size_t i = 0; i < units * U - PAGE; i += 512)
+    const unsigned char *p = (const unsigned char *)span + os_page();
+    for (size_t i = 0; i < units * U - os_page(); i += 512)
         if (p[i] != 0)
             return false;
     return true;
@@ -517,7 +517,7 @@ int main(void)
 {
     /* Make sure the first segment needs an alignment pad below it (the
      * break is page-aligned at start, not necessarily unit-aligned). */
-    if ((brk_now() & (U - 1)) == 0 && sbrk(PAGE) == (void *)-1) {
+    if ((brk_now() & (U - 1)) == 0 && sbrk(4096) == (void *)-1) {
         fprintf(stderr, "%s: sbrk does not work here\n", __FILE__);
         return 77;
     }

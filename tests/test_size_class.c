@@ -87,7 +87,7 @@ static void check_geometry(void)
               align);
         CHECK(UNIT % align == 0, "class %u: align %zu does not divide UNIT", c, align);
         if (is_pow2(size)) {
-            size_t want = size < PAGE ? size : PAGE;
+            size_t want = size < CLASS_ALIGN_MAX ? size : CLASS_ALIGN_MAX;
             CHECK(align == want, "class %u: power-of-two size %zu has align %zu, want %zu", c,
                   size, align, want);
         }
