@@ -538,12 +538,13 @@ void chunk_free(struct chunk *c, void *p, const char *func)
 
 /* ---- batches for the thread caches ---------------------------------------- */
 
-/* Up to n blocks of class cls, linked through their first words in the order
- * taken (address order for freshly carved ones).  Returns how many. */
+/* Up to n blocks of class cls, linked through their first words (see
+ * link_hide) in the order taken (address order for freshly carved ones).
+ * Returns how many. */
 unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
 {
     struct size_class *sc = &memalloc_classes[cls];
-    void *head = NULL, **tail = &head;
+    void *head = NULL, **last = NULL;
     unsigned got = 0;
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
@@ -561,16 +562,20 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
             break;
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
-            void *p = take_block(c, &was_carved);
-            *tail = p;
-            tail = (void **)p;
+            void **p = take_block(c, &was_carved);
+            if (last)
+                last[0] = link_hide(last, p);
+            else
+                head = p;
+            last = p;
             got++;
         }
         touch(c);
         if (c->in_use == c->capacity)
             partial_remove(sc, c);
     }
-    *tail = NULL;
+    if (last)
+        last[0] = link_hide(last, NULL);
     sc->in_use += got;
     if (sc->in_use > sc->peak)
         sc->peak = sc->in_use;
@@ -584,7 +589,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
 static void return_list(struct size_class *sc, void *list, unsigned n)
 {
     for (void *p = list, *next; p; p = next) {
-        next = *(void **)p;
+        next = link_next("free", p);
         void *meta;
         if (ptr_lookup(p, &meta) != PTR_SMALL) {
             pthread_mutex_unlock(&sc->lock);
@@ -659,7 +664,8 @@ bool chunk_parked_holds(unsigned cls, const void *p)
     pthread_mutex_lock(&sc->lock);
     for (unsigned i = 0; i < sc->parked && !found; i++) {
         unsigned left = sc->parked_count[i];
-        for (void *const *q = sc->parked_list[i]; q && left-- && !found; q = q[0])
+        for (void *const *q = sc->parked_list[i]; q && left-- && !found;
+             q = link_reveal(q, q[0]))
             found = q == p;
     }
     pthread_mutex_unlock(&sc->lock);
@@ -721,7 +727,7 @@ int chunk_check_end(void)
         const struct size_class *sc = &memalloc_classes[cls];
         for (unsigned i = 0; i < sc->parked; i++) {
             unsigned n = 0;
-            for (void **q = sc->parked_list[i]; q; q = q[0]) {
+            for (void **q = sc->parked_list[i]; q && link_plausible(q); q = link_reveal(q, q[0])) {
                 void *meta;
                 if (++n > sc->parked_count[i] || ptr_lookup(q, &meta) != PTR_SMALL ||
                     ((struct chunk *)meta)->cls != cls || !chunk_block_live(meta, q)) {

@@ -289,6 +289,20 @@ static struct span *new_segment(size_t units)
     return s;
 }
 
+/* The reservation is best made when the library is loaded: the process is
+ * still single-threaded then (unless dlopen loads us), so no other
+ * allocator is growing the break while it is placed, and glibc's malloc,
+ * finding the break blocked, takes its memory with mmap from its first
+ * call instead of racing memalloc on the break.  Not needed for
+ * correctness: the first growth reserves otherwise. */
+__attribute__((constructor)) static void reserve_at_load(void)
+{
+    ensure_init();
+    heap_lock();
+    raw_reserve();
+    heap_unlock();
+}
+
 /* sbrk and brk for the rest of the program.  The space above the break is
  * reserved (platform.c), so glibc's own versions would fail there; these
  * make room the same way memalloc does, under the heap lock, so that a

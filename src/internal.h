@@ -178,6 +178,50 @@ static inline uint64_t block_number(const struct chunk *c, uintptr_t off)
     return (q >> c->shift) | (q << ((64 - c->shift) & 63));
 }
 
+/* ---- links between free blocks ------------------------------------------ */
+
+/* Blocks in thread caches, in batches and in parked batches are listed
+ * through their first word.  The link is stored XORed with a per-process
+ * secret (glibc's safe-linking, keyed), so a program writing into a freed
+ * block cannot steer a later malloc: what it wrote decodes to a random
+ * value that fails link_plausible(), and the process stops with
+ * "corrupted free list" instead.  The slot's own address is left out of
+ * the mangling: it would cost two instructions a pair on the hot path and
+ * only adds that a link copied from one free block to another is caught. */
+extern uintptr_t memalloc_link_secret HIDDEN;
+
+static inline void *link_hide(const void *slot, const void *next)
+{
+    (void)slot;
+    return (void *)((uintptr_t)next ^ memalloc_link_secret);
+}
+
+static inline void *link_reveal(const void *slot, const void *stored)
+{
+    return link_hide(slot, stored);
+}
+
+/* NULL, or a 16-byte aligned address below 2^48 (where the break lives on
+ * x86-64 and on aarch64, whose PIE programs load near 0xaaaa'aaaa'0000): a
+ * random 64-bit value passes one time in 2^20.  One mask test, NULL
+ * included. */
+#define LINK_BAD_BITS (~(((uintptr_t)1 << 48) - 1) | (ALIGNMENT - 1))
+static inline bool link_plausible(const void *next)
+{
+    return ((uintptr_t)next & LINK_BAD_BITS) == 0;
+}
+
+/* The next block after p in a list, checked; NULL ends the list.  Stops
+ * the process with a message naming func when the link was overwritten. */
+HIDDEN _Noreturn void link_corrupt(const char *func, const void *p);
+static inline void *link_next(const char *func, void *const *p)
+{
+    void *next = link_reveal(p, p[0]);
+    if (unlikely(!link_plausible(next)))
+        link_corrupt(func, p);
+    return next;
+}
+
 /* ---- size classes ------------------------------------------------------- */
 
 struct size_class {
@@ -337,6 +381,7 @@ HIDDEN void stats_print(void);
 
 HIDDEN void *raw_sbrk(intptr_t delta);
 HIDDEN void *raw_break(void);
+HIDDEN void raw_reserve(void);
 HIDDEN size_t os_purge(void *from, size_t len, bool lazy);
 HIDDEN void os_init(void);
 extern size_t memalloc_os_page HIDDEN;

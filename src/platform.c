@@ -32,6 +32,9 @@
 #ifndef VALGRIND_MAKE_MEM_DEFINED
 #define VALGRIND_MAKE_MEM_DEFINED(addr, len) ((void)(addr), (void)(len))
 #endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 /* ---- pages -------------------------------------------------------------- */
 
@@ -121,6 +124,10 @@ static bool reserve(uintptr_t at, size_t len)
 static void reserve_first(uintptr_t brk)
 {
     res_tried = true;
+    /* Valgrind keeps the client's break in a range of its own that a
+     * mapping there would break for good; its break is small anyway. */
+    if (RUNNING_ON_VALGRIND)
+        return;
     size_t len = RESERVE_BYTES;
     struct rlimit rl;
     if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
@@ -159,6 +166,13 @@ static uintptr_t make_room(uintptr_t cur, size_t delta, uintptr_t *from)
     return cut;
 }
 
+/* Reserve above the break now, if not done yet. */
+void raw_reserve(void)
+{
+    if (!res_tried)
+        reserve_first((uintptr_t)__sbrk(0));
+}
+
 /* Our sbrk, glibc's underneath (it keeps glibc's cached break right):
  * grows into the reservation, and reserves what a shrink gave back. */
 void *raw_sbrk(intptr_t delta)
@@ -170,13 +184,24 @@ void *raw_sbrk(intptr_t delta)
         cut = make_room(cur, (size_t)delta, &from);
     }
     void *old = __sbrk(delta);
-    if (old == (void *)-1) {
+    if (old == (void *)-1 && delta > 0) {
         if (from && from < cut && reserve(from, cut - from)) {
             if (!res_lo)
                 res_hi = cut;
             res_lo = from;
         }
-        return old;
+        /* Was the reservation itself in the way?  Valgrind and qemu-user
+         * keep a limit of their own on the break, and a reservation placed
+         * inside it blocks growth: then do without one. */
+        uintptr_t lo = res_lo, hi = res_hi;
+        if (lo && munmap((void *)lo, hi - lo) == 0) {
+            old = __sbrk(delta);
+            if (old == (void *)-1 && reserve(lo, hi - lo))
+                return old;
+            res_lo = res_hi = 0;
+        }
+        if (old == (void *)-1)
+            return old;
     }
     if (delta > 0) {
         VALGRIND_MAKE_MEM_DEFINED(old, (size_t)delta);
@@ -259,6 +284,11 @@ void fatal_pointer(const char *func, const char *what, const void *p)
     buf[n] = '\0';
     message(buf);
     abort();
+}
+
+void link_corrupt(const char *func, const void *p)
+{
+    fatal_pointer(func, "corrupted free list at", p);
 }
 
 /* ---- fork --------------------------------------------------------------- */

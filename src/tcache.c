@@ -20,6 +20,7 @@ struct tcache memalloc_tc_none HIDDEN;    /* every bin empty, max 0 */
 __thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN =
     &memalloc_tc_none;
 uintptr_t memalloc_tc_key HIDDEN;
+uintptr_t memalloc_link_secret HIDDEN;
 
 enum { TC_NONE, TC_CREATING, TC_LIVE, TC_DEAD };
 static __thread int tc_state __attribute__((tls_model("initial-exec")));
@@ -100,7 +101,7 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
         return NULL;
-    for (void **p = list; p; p = p[0])
+    for (void **p = list; p; p = link_next("malloc", p))
         p[1] = (void *)memalloc_tc_key;
     b->head = list;
     b->count = got;
@@ -121,10 +122,10 @@ static void flush(struct tcache *t, unsigned cls, uint32_t n, bool park)
         return;
     void **last = b->head;
     for (uint32_t i = 1; i < n; i++)
-        last = last[0];
+        last = link_next("free", last);
     void *list = b->head;
-    b->head = last[0];
-    last[0] = NULL;
+    b->head = link_next("free", last);
+    last[0] = link_hide(last, NULL);
     b->count -= n;
     chunk_free_batch(cls, list, n, park);
 }
@@ -148,7 +149,9 @@ static bool bin_contains(const struct tbin *b, const void *p)
     while (q && left-- > 0 && ptr_lookup(q, &meta) == PTR_SMALL) {
         if (q == p)
             return true;
-        q = __atomic_load_n(&q[0], __ATOMIC_RELAXED);
+        q = link_reveal(q, __atomic_load_n(&q[0], __ATOMIC_RELAXED));
+        if (!link_plausible(q))
+            break;
     }
     return false;
 }
@@ -291,14 +294,14 @@ static void thread_exit(void *arg)
 
 void tcache_init(void)
 {
-    uintptr_t key = 0, half[2];
+    uintptr_t half[2] = {0, 0};
     const void *rnd = (const void *)getauxval(AT_RANDOM);
-    if (rnd) {
+    if (rnd)
         memcpy(half, rnd, sizeof half);     /* AT_RANDOM is not aligned */
-        key = half[0] ^ half[1];
-    }
-    /* Never a plausible pointer or zero, whatever AT_RANDOM held. */
-    memalloc_tc_key = (key ^ (uintptr_t)&exit_key) | 1;
+    /* Never a plausible pointer or zero, whatever AT_RANDOM held.  The link
+     * secret is the other half: the key is readable in every free block. */
+    memalloc_tc_key = (half[0] ^ (uintptr_t)&exit_key) | 1;
+    memalloc_link_secret = half[1] ^ ((uintptr_t)&memalloc_tc_key << 16);
     pthread_key_create(&exit_key, thread_exit);
 }
 
@@ -380,7 +383,7 @@ int tcache_check_own(void)
         return 0;
     for (unsigned c = 0; c < TC_CLASSES; c++) {
         uint32_t n = 0;
-        for (void **p = t->bins[c].head; p; p = p[0]) {
+        for (void **p = t->bins[c].head; p; p = link_reveal(p, p[0])) {
             void *meta;
             if (++n > t->bins[c].max || ptr_lookup(p, &meta) != PTR_SMALL ||
                 ((struct chunk *)meta)->cls != c || p[1] != (void *)memalloc_tc_key ||

@@ -58,7 +58,7 @@ static inline void *tcache_pop(struct tcache *t, unsigned cls)
     struct tbin *b = &t->bins[cls];
     void **p = b->head;
     if (likely(p != NULL)) {
-        b->head = p[0];
+        b->head = link_next("malloc", p);
         b->count--;
         p[1] = NULL;                /* no longer carries the free key */
     }
@@ -109,7 +109,7 @@ static inline void tbin_push(struct tbin *b, void *p)
 {
     void **q = p;
     q[1] = (void *)memalloc_tc_key;
-    q[0] = b->head;
+    q[0] = link_hide(q, b->head);
     b->head = q;
     b->count++;
 }

@@ -32,18 +32,29 @@ enum action {
     A_REALLOC,          /* realloc(p, 100) */
     A_REALLOC_BIG,      /* realloc(p, 1 MiB) */
     A_USABLE,           /* malloc_usable_size(p) */
+    A_LINK_ZERO,        /* free(q); free(p); p[0] = 0; malloc twice */
+    A_LINK_POINTER,     /* the same, writing a heap pointer into p[0] */
 };
 
 static const char *const func_of[] = {
     [A_FREE] = "free()", [A_DOUBLE_FREE] = "free()", [A_FREE_THEN_REALLOC] = "realloc()",
     [A_FREE_THEN_USABLE] = "malloc_usable_size()", [A_REALLOC] = "realloc()",
     [A_REALLOC_BIG] = "realloc()", [A_USABLE] = "malloc_usable_size()",
+    [A_LINK_ZERO] = "malloc()", [A_LINK_POINTER] = "malloc()",
 };
+
+static void corrupt_link(void *p, void *value);
 
 static void act(enum action a, void *p)
 {
     void *volatile r = NULL;
     switch (a) {
+    case A_LINK_ZERO:
+        corrupt_link(p, NULL);
+        break;
+    case A_LINK_POINTER:
+        corrupt_link(p, p);
+        break;
     case A_FREE:
         memalloc_free(p);
         break;
@@ -69,6 +80,20 @@ static void act(enum action a, void *p)
         r = (void *)memalloc_malloc_usable_size(p);
         break;
     }
+    (void)r;
+}
+
+/* A use-after-free write over the link of the block on top of a thread
+ * cache bin: the next malloc of the class must stop, naming the block,
+ * rather than return whatever the program wrote. */
+static void corrupt_link(void *p, void *value)
+{
+    void *q = memalloc_malloc(64);
+    memalloc_free(q);
+    memalloc_free(p);
+    *(void *volatile *)p = value;
+    void *volatile r = memalloc_malloc(64);
+    r = memalloc_malloc(64);
     (void)r;
 }
 
@@ -139,6 +164,15 @@ int main(void)
      * counts it as in use: realloc and usable-size must still notice. */
     EXPECT_ABORT("realloc after free (small, cached)", A_FREE_THEN_REALLOC, small2);
     EXPECT_ABORT("malloc_usable_size after free (small, cached)", A_FREE_THEN_USABLE, small2);
+
+    /* overwritten free-list links (only thread caches keep lists) */
+    const char *tc = getenv("MEMALLOC_TCACHE");
+    if (!tc || strcmp(tc, "0") != 0) {
+        void *linked = memalloc_malloc(64);
+        EXPECT_ABORT("a zero written over a cached block's link", A_LINK_ZERO, linked);
+        EXPECT_ABORT("a heap pointer written over a cached block's link", A_LINK_POINTER, linked);
+        memalloc_free(linked);
+    }
 
     /* pointers memalloc never handed out */
     void *bad[] = {

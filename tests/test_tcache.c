@@ -178,7 +178,7 @@ static size_t chunks_holding(void **list, size_t n, const struct tbin *b)
             p = list[i];
         } else {
             p = q;
-            q = ((void *const *)q)[0];
+            q = link_reveal(q, ((void *const *)q)[0]);
         }
         struct chunk *c = chunk_of(p);
         size_t j = 0;
@@ -204,7 +204,7 @@ static void **fill_two_chunks(unsigned cls, struct chunk **lo, struct chunk **hi
         CHECK(n > 0, "chunk_alloc_batch(%u) gave nothing", cls);
         if (!n)
             exit(1);
-        for (void **q = list; q && got < 2 * cap; q = q[0])
+        for (void **q = list; q && got < 2 * cap; q = link_reveal(q, q[0]))
             p[got++] = q;
     }
     struct chunk *a = chunk_of(p[0]), *b = chunk_of(p[2 * cap - 1]);
@@ -228,7 +228,7 @@ static void empty_chunk(unsigned cls, void **p, size_t n, struct chunk *c, bool 
         if (!p[i] || chunk_of(p[i]) != c)
             continue;
         if (batch) {
-            *(void **)p[i] = list;
+            *(void **)p[i] = link_hide(p[i], list);
             list = p[i];
             count++;
         } else {
@@ -305,7 +305,7 @@ static void *reuse_thread(void *arg)
             c = chunk_of(p[i]);
         } else {
             c = chunk_of(q);
-            q = ((void *const *)q)[0];
+            q = link_reveal(q, ((void *const *)q)[0]);
         }
         size_t j = 0;
         while (j < x->nchunks && x->chunks[j] != c)
