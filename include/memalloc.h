@@ -39,6 +39,8 @@ size_t memalloc_malloc_usable_size(void *ptr);
 int  memalloc_malloc_trim(size_t pad);
 void memalloc_malloc_stats(void);
 int  memalloc_mallopt(int param, int value);
+/* glibc's XML shape; options must be 0 (else EINVAL is returned). */
+int  memalloc_malloc_info(int options, FILE *fp);
 
 struct memalloc_mallinfo2 {     /* same layout as glibc's struct mallinfo2 */
     size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,

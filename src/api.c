@@ -201,7 +201,7 @@ EXPORT void *memalloc_realloc(void *p, size_t n)
     if (!p)
         return memalloc_malloc(n);
     if (n == 0) {                   /* glibc: free and return NULL */
-        free_checked(p, "realloc");
+        free_slow(p, "realloc");    /* keeps errno, as free does */
         return NULL;
     }
     void *meta;
@@ -246,12 +246,9 @@ EXPORT int memalloc_posix_memalign(void **memptr, size_t align, size_t n)
 {
     if (!is_pow2(align) || align % sizeof(void *) != 0)
         return EINVAL;
-    int saved = errno;
     void *p = memalign_common(align, n);
-    if (!p) {
-        errno = saved;
-        return ENOMEM;
-    }
+    if (!p)
+        return ENOMEM;              /* errno too, as glibc leaves it */
     *memptr = p;
     return 0;
 }
@@ -267,7 +264,9 @@ EXPORT void *memalloc_aligned_alloc(size_t align, size_t n)
 
 EXPORT void *memalloc_memalign(size_t align, size_t n)
 {
-    if (align > (size_t)PTRDIFF_MAX / 2 + 1) {
+    /* As glibc: EINVAL only where no power of two can be rounded up to;
+     * up to 2^63 an impossible alignment fails with ENOMEM. */
+    if (align > SIZE_MAX / 2 + 1) {
         errno = EINVAL;
         return NULL;
     }

@@ -339,7 +339,7 @@ static bool shrink_top(size_t keep)
     struct span *s = H.top;
     if (!s || s->kind != SPAN_FREE || raw_break() != (void *)H.end)
         return false;
-    size_t keep_units = (keep + UNIT - 1) >> UNIT_SHIFT;
+    size_t keep_units = (keep >> UNIT_SHIFT) + ((keep & (UNIT - 1)) != 0);  /* no wrap */
     if (s->units <= keep_units)
         return false;
     size_t release = (s->units - keep_units) << UNIT_SHIFT;

@@ -1,7 +1,8 @@
 /*
  * options.c - options and statistics: the one table of MEMALLOC_* settings
  * (read once from the environment), mallopt, mallinfo, malloc_stats,
- * malloc_trim and the report printed at exit with MEMALLOC_STATS=1.
+ * malloc_info, malloc_trim and the report printed at exit with
+ * MEMALLOC_STATS=1.
  *
  * Invariants: options are read with getenv only (it never allocates) and
  * only once the environment exists; a bad value keeps the default and, with
@@ -11,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,17 +110,15 @@ EXPORT int memalloc_mallopt(int param, int value)
     ensure_init();
     switch (param) {
     /* As in glibc, setting either one by hand turns off the threshold that
-     * follows the size of freed large blocks. */
+     * follows the size of freed large blocks.  A negative threshold
+     * (mallopt(3): -1) turns automatic trimming off, malloc_trim still
+     * works; a negative pad is no pad.  Both return 1 for any value. */
     case M_TRIM_THRESHOLD:
-        if (value < 0)
-            return 0;
-        memalloc_options[OPT_TRIM_THRESHOLD] = value;
+        memalloc_options[OPT_TRIM_THRESHOLD] = value < 0 ? PTRDIFF_MAX : value;
         memalloc_options[OPT_RETAIN_MAX] = 0;
         return 1;
     case M_TOP_PAD:
-        if (value < 0)
-            return 0;
-        memalloc_options[OPT_TOP_PAD] = value;
+        memalloc_options[OPT_TOP_PAD] = value < 0 ? 0 : value;
         memalloc_options[OPT_RETAIN_MAX] = 0;
         return 1;
     case M_PERTURB:
@@ -232,6 +232,64 @@ EXPORT struct memalloc_mallinfo memalloc_mallinfo(void)
         clamp_int(m2.keepcost),
     };
     return mi;
+}
+
+/* ---- malloc_info ---------------------------------------------------------------- */
+
+/*
+ * glibc's XML with memalloc's figures, for the one heap: <sizes> has a line
+ * per class with free blocks (free in its chunks, in thread caches or
+ * parked), from and to both the block size; "fast" counts the blocks in
+ * thread caches and parked batches, "rest" the other free blocks of the
+ * classes plus the free space between large blocks (bytes only: it has no
+ * block count); "system" is the heap now and at its peak, "mmap" is 0.
+ * Every figure is taken first, under the locks one at a time; stdio, which
+ * may call malloc, runs with no lock held.
+ */
+EXPORT int memalloc_malloc_info(int options, FILE *fp)
+{
+    if (options != 0)
+        return EINVAL;              /* glibc's result, errno untouched */
+    ensure_init();
+    struct { size_t size, count; } free_of[NUM_CLASSES];
+    size_t fast_n = 0, fast_bytes = 0, rest_n = 0, rest_bytes = 0;
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        struct class_snap s;
+        class_snapshot(c, &s);
+        size_t blocks = s.chunks * memalloc_classes[c].capacity;
+        size_t in_chunks = blocks > s.pool_in_use ? blocks - s.pool_in_use : 0;
+        free_of[c].size = s.size;
+        free_of[c].count = in_chunks + s.cached + s.parked;
+        fast_n += s.cached + s.parked;
+        fast_bytes += (s.cached + s.parked) * s.size;
+        rest_n += in_chunks;
+        rest_bytes += in_chunks * s.size;
+    }
+    struct heap_stats h;
+    heap_get_stats(&h);
+    rest_bytes += h.free_bytes;
+
+    fputs("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n", fp);
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        if (free_of[c].count)
+            fprintf(fp, "  <size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n",
+                    free_of[c].size, free_of[c].size, free_of[c].size * free_of[c].count,
+                    free_of[c].count);
+    fputs("</sizes>\n", fp);
+    for (int level = 0; level < 2; level++) {
+        fprintf(fp, "<total type=\"fast\" count=\"%zu\" size=\"%zu\"/>\n"
+                    "<total type=\"rest\" count=\"%zu\" size=\"%zu\"/>\n",
+                fast_n, fast_bytes, rest_n, rest_bytes);
+        if (level == 1)
+            fputs("<total type=\"mmap\" count=\"0\" size=\"0\"/>\n", fp);
+        fprintf(fp, "<system type=\"current\" size=\"%zu\"/>\n"
+                    "<system type=\"max\" size=\"%zu\"/>\n"
+                    "<aspace type=\"total\" size=\"%zu\"/>\n"
+                    "<aspace type=\"mprotect\" size=\"%zu\"/>\n",
+                h.heap_bytes, h.heap_peak, h.heap_bytes, h.heap_bytes);
+        fputs(level == 0 ? "</heap>\n" : "</malloc>\n", fp);
+    }
+    return 0;
 }
 
 /* ---- the report ---------------------------------------------------------------- */

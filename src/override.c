@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "memalloc.h"
@@ -20,6 +21,7 @@
 EXPORT int malloc_trim(size_t pad) { return memalloc_malloc_trim(pad); }
 EXPORT void malloc_stats(void) { memalloc_malloc_stats(); }
 EXPORT int mallopt(int param, int value) { return memalloc_mallopt(param, value); }
+EXPORT int malloc_info(int options, FILE *fp) { return memalloc_malloc_info(options, fp); }
 
 EXPORT struct mallinfo2 mallinfo2(void)
 {

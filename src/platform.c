@@ -254,18 +254,23 @@ static size_t append(char *buf, size_t at, size_t cap, const char *s)
     return at + len;
 }
 
+/* Not a cancellation point (write(2) is one), as glibc's reports are not:
+ * a thread with a cancel pending still prints the whole line. */
 void message(const char *text)
 {
     size_t len = strlen(text);
+    int cancel_state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
     while (len > 0) {
         ssize_t w = write(STDERR_FILENO, text, len);
         if (w <= 0 && errno != EINTR)
-            return;
+            break;
         if (w > 0) {
             text += w;
             len -= (size_t)w;
         }
     }
+    pthread_setcancelstate(cancel_state, NULL);
 }
 
 /* "memalloc: free(): double free 0x5555...": one line, then abort().  The

@@ -12,7 +12,8 @@
  * unique, realloc(NULL, 0) non-NULL, realloc(p, 0) frees, 16-byte
  * alignment, posix_memalign/memalign/valloc/pvalloc rules, errno on
  * failure, free preserving errno); malloc_usable_size, malloc_trim,
- * mallopt, mallinfo2 and malloc_stats report memalloc's own figures.
+ * mallopt, mallinfo2, malloc_stats and malloc_info report memalloc's own
+ * figures.
  * Exit 0 on success, 1 on any failed check (one line each); running
  * without libmemalloc.so preloaded is a failure, since the table always
  * preloads it.
@@ -81,7 +82,7 @@ static void check_resolution(void)
     static const char *const names[] = {
         "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
         "aligned_alloc", "memalign", "valloc", "pvalloc", "malloc_usable_size",
-        "malloc_trim", "mallopt", "mallinfo", "mallinfo2", "malloc_stats", "cfree",
+        "malloc_trim", "mallopt", "mallinfo", "mallinfo2", "malloc_stats", "malloc_info", "cfree",
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         void *f = dlsym(RTLD_DEFAULT, names[i]);
@@ -443,6 +444,31 @@ static void check_extensions(void)
         unlink(path);
         CHECK(r > 0 && strstr(text, "memalloc statistics") != NULL,
               "malloc_stats() did not print memalloc's report");
+    }
+
+    /* malloc_info: glibc's XML with memalloc's heap.  The FILE gets a
+     * buffer of our own, so that nothing allocates between the report and
+     * mallinfo2. */
+    FILE *f = tmpfile();
+    CHECK(f != NULL, "tmpfile failed");
+    if (f) {
+        static char fbuf[4096], xml[64 * 1024];
+        setvbuf(f, fbuf, _IOFBF, sizeof fbuf);
+        CHECK(malloc_info(1, f) == EINVAL, "malloc_info(1, fp) != EINVAL");
+        int r = malloc_info(0, f);
+        struct mallinfo2 mi = mallinfo2();
+        fflush(f);
+        size_t n = (size_t)pread(fileno(f), xml, sizeof xml - 1, 0);
+        xml[n < sizeof xml ? n : 0] = '\0';
+        fclose(f);
+        static const char cur[] = "<system type=\"current\" size=\"";
+        const char *sys = strstr(xml, cur);
+        size_t heap = sys ? strtoull(sys + strlen(cur), NULL, 10) : 0;
+        CHECK(r == 0 && strncmp(xml, "<malloc version=\"1\">\n<heap nr=\"0\">", 32) == 0 &&
+                  strstr(xml, "</malloc>\n") != NULL,
+              "malloc_info(0, fp) = %d, output \"%.200s\"", r, xml);
+        CHECK(heap == mi.arena && heap > 0,
+              "malloc_info's heap is %zu bytes, memalloc's mallinfo2().arena %zu", heap, mi.arena);
     }
 }
 
