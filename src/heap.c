@@ -46,7 +46,7 @@ static struct {
 
 void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
 void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
-static int pass_running;            /* a purge pass is under way, atomic */
+int memalloc_pass_running HIDDEN;   /* a purge pass is under way, atomic */
 
 /* In a fork child the only thread left runs no pass: not even one the
  * fork interrupted, when a signal handler forked (the child may never
@@ -56,7 +56,7 @@ void heap_fork_child(bool relock)
 {
     if (relock)
         lock_init(&heap_mutex);
-    pass_running = 0;
+    memalloc_pass_running = 0;
 }
 
 /* ---- span helpers ------------------------------------------------------- */
@@ -511,7 +511,7 @@ void purge_maybe(void)
                          __ATOMIC_RELAXED);
         return;
     }
-    if (__atomic_exchange_n(&pass_running, 1, __ATOMIC_ACQUIRE))
+    if (__atomic_exchange_n(&memalloc_pass_running, 1, __ATOMIC_ACQUIRE))
         return;
     /* Subtract what this pass answers for: additions made since the load
      * above belong to the next pass and must not be lost. */
@@ -533,7 +533,7 @@ void purge_maybe(void)
     purge_locked(decay);
     H.dirty_base = H.dirty_free;
     heap_unlock();
-    __atomic_store_n(&pass_running, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&memalloc_pass_running, 0, __ATOMIC_RELEASE);
 }
 
 /* Merged dirt is as old as its oldest part, so it is purged no later. */

@@ -312,6 +312,7 @@ HIDDEN void heap_get_stats(struct heap_stats *st);
 HIDDEN void heap_lock(void);
 HIDDEN void heap_unlock(void);
 HIDDEN void heap_fork_child(bool relock);
+extern int memalloc_pass_running HIDDEN;   /* heap.c: a purge pass is under way */
 HIDDEN int heap_check(void);        /* caller holds the heap lock */
 HIDDEN int chunk_check(struct chunk *c);  /* caller holds the class lock */
 

@@ -29,6 +29,7 @@ static __thread struct tcache *tc_own __attribute__((tls_model("initial-exec")))
 struct tcache *tcache_current(void) { return tc_own; }
 
 static pthread_key_t exit_key;
+static bool exit_key_ok;
 static pthread_mutex_t list_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct tcache *all_caches;
 
@@ -158,20 +159,28 @@ static bool bin_contains(const struct tbin *b, const void *p)
 
 /* Is p sitting in any thread's cache, or parked in its class?  Only asked
  * when p carries the free key, so a false alarm costs one scan and is then
- * ignored. */
+ * ignored.  p can only be in the bins of its own class.  The walk reads
+ * blocks that their owners may flush meanwhile, and a flushed block's chunk
+ * may go back to the heap: the heap lock, held throughout, keeps every
+ * span mapped (nothing is given back with sbrk while it is held), and the
+ * map still says which units are chunks. */
 bool tcache_holds(const void *p)
 {
     bool found = false;
-    tcache_list_lock();
-    for (struct tcache *t = all_caches; t && !found; t = t->next)
-        for (unsigned c = 0; c < TC_CLASSES && !found; c++)
-            found = bin_contains(&t->bins[c], p);
-    tcache_list_unlock();
-    if (!found) {
-        void *meta;
-        if (ptr_lookup(p, &meta) == PTR_SMALL)
-            found = chunk_parked_holds(((struct chunk *)meta)->cls, p);
+    void *meta;
+    if (ptr_lookup(p, &meta) != PTR_SMALL)
+        return false;
+    unsigned cls = ((const struct chunk *)meta)->cls;
+    if (cls < TC_CLASSES) {
+        tcache_list_lock();
+        heap_lock();
+        for (struct tcache *t = all_caches; t && !found; t = t->next)
+            found = bin_contains(&t->bins[cls], p);
+        heap_unlock();
+        tcache_list_unlock();
     }
+    if (!found && cls < NUM_CLASSES)
+        found = chunk_parked_holds(cls, p);
     return found;
 }
 
@@ -272,13 +281,8 @@ void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *fu
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
-static void thread_exit(void *arg)
+static void list_remove(struct tcache *t)
 {
-    struct tcache *t = arg;
-    tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
-    memalloc_tc = &memalloc_tc_none;
-    tc_own = NULL;
-    tcache_flush_all(t);
     tcache_list_lock();
     if (t->prev)
         t->prev->next = t->next;
@@ -287,6 +291,18 @@ static void thread_exit(void *arg)
     if (t->next)
         t->next->prev = t->prev;
     tcache_list_unlock();
+}
+
+/* The cache leaves the list before it is flushed, so that no double-free
+ * lookup walks blocks that are going back to their chunks. */
+static void thread_exit(void *arg)
+{
+    struct tcache *t = arg;
+    tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
+    memalloc_tc = &memalloc_tc_none;
+    tc_own = NULL;
+    list_remove(t);
+    tcache_flush_all(t);
     void *meta;
     if (ptr_lookup(t, &meta) == PTR_SMALL)
         chunk_free(meta, t, "free");
@@ -302,12 +318,14 @@ void tcache_init(void)
      * secret is the other half: the key is readable in every free block. */
     memalloc_tc_key = (half[0] ^ (uintptr_t)&exit_key) | 1;
     memalloc_link_secret = half[1] ^ ((uintptr_t)&memalloc_tc_key << 16);
-    pthread_key_create(&exit_key, thread_exit);
+    /* Without a key a cache could never be handed back at thread exit:
+     * then there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
+    exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
 }
 
 struct tcache *tcache_create(void)
 {
-    if (tc_state != TC_NONE || !option(OPT_TCACHE))
+    if (tc_state != TC_NONE || !option(OPT_TCACHE) || !exit_key_ok)
         return NULL;
     tc_state = TC_CREATING;
     bool zeroed;
@@ -326,8 +344,16 @@ struct tcache *tcache_create(void)
     all_caches = t;
     tcache_list_unlock();
     /* May allocate (keys past the first 32); we are TC_CREATING, so that
-     * allocation goes straight to the classes. */
-    pthread_setspecific(exit_key, t);
+     * allocation goes straight to the classes.  If it fails, the cache
+     * would never be flushed at exit: this thread does without one. */
+    if (pthread_setspecific(exit_key, t) != 0) {
+        list_remove(t);
+        void *meta;
+        if (ptr_lookup(t, &meta) == PTR_SMALL)
+            chunk_free(meta, t, "free");
+        tc_state = TC_DEAD;
+        return NULL;
+    }
     tc_own = t;
     memalloc_tc = option(OPT_PERTURB) ? &memalloc_tc_none : t;
     tc_state = TC_LIVE;
