@@ -165,7 +165,7 @@ static void verify_all(const char *when)
         verify_slot(i, when);
 }
 
-static void heap_check(const char *when)
+static void run_check(const char *when)
 {
     int bad = memalloc_check();
     if (bad != 0)
@@ -507,7 +507,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 14: op_fail_realloc(i, &r); break;
         default:
             verify_all("at a check op");
-            heap_check("at a check op");
+            run_check("at a check op");
             break;
         }
         verify_slot(i, "after its op");
@@ -515,15 +515,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (op_no % VERIFY_EVERY == 0)
             verify_all("in the periodic sweep");
         if (op_no % CHECK_EVERY == 0)
-            heap_check("in the periodic check");
+            run_check("in the periodic check");
     }
     op_name = "end of input";
     verify_all("at the end of the input");
-    heap_check("at the end of the input, blocks live");
+    run_check("at the end of the input, blocks live");
     for (unsigned i = 0; i < NSLOTS; i++)
         free_slot(i);
     if (live_big != 0)
         FAIL("bookkeeping: %zu big bytes still counted", live_big);
-    heap_check("at the end of the input, all freed");
+    run_check("at the end of the input, all freed");
     return 0;
 }
