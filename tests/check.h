@@ -2,7 +2,8 @@
  * check.h - what the C test programs share: the failure counter and the
  * CHECK / FAIL reporting macros, check_report() for main's exit status,
  * KiB / MiB, UNDER_VALGRIND(), the xorshift generator, and the fork-child
- * helpers (wait_child, read_all, CHILD_HOW, rerun_without_perturb).  With
+ * helpers (wait_child, read_all, CHILD_HOW, exec_self, rerun_without_perturb,
+ * run_captured, abort_line_ok) and test_scaled().  With
  * memalloc.h included first it adds CHECK_HEAP and stats().  Test-specific
  * patterns, helpers and limits stay in the test files.
  *
@@ -126,6 +127,30 @@ static inline void *xcalloc(size_t n, size_t size)
     return p;
 }
 
+/* ---- iteration counts ------------------------------------------------------------ */
+
+/* n scaled by MEMALLOC_TEST_SCALE, a factor in (0, 1] (default 1), and at
+ * least min.  The stress tests (threads, fork) take their loop counts from
+ * here so that emulated runs, some ten times slower (tests/run --aarch64
+ * runs them under qemu-user), fit in CI's time; each test still does every
+ * kind of step, only fewer times.  Another value is ignored with a note. */
+static inline long test_scaled(long n, long min)
+{
+    static double scale = -1;
+    if (scale < 0) {
+        const char *s = getenv("MEMALLOC_TEST_SCALE");
+        char *end = NULL;
+        double v = s && *s ? strtod(s, &end) : 1;
+        if (s && *s && (*end || !(v > 0 && v <= 1))) {
+            fprintf(stderr, "MEMALLOC_TEST_SCALE=%s is not a factor in (0, 1]: ignored\n", s);
+            v = 1;
+        }
+        scale = v;
+    }
+    long k = (long)((double)n * scale);
+    return k < min ? min : k;
+}
+
 /* ---- forked children ------------------------------------------------------------ */
 
 /* waitpid, retried on EINTR; the child's status. */
@@ -141,6 +166,56 @@ static inline int wait_child(pid_t pid)
 #define CHILD_HOW(st)                                                         \
     (WIFSIGNALED(st) ? "died of signal" : "exited with"),                     \
         (WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st))
+
+/* execv(path, argv) for a test that runs itself again, optionally with
+ * LD_PRELOAD=preload.  Under an exe wrapper (meson test names it in
+ * MESON_EXE_WRAPPER for cross builds) the new program must start through
+ * the wrapper too: qemu-user cannot execve a guest binary by itself
+ * without binfmt_misc.  qemu gets the preload as -E, for the guest only:
+ * in the environment the host's loader would try to preload the guest's
+ * library into qemu and complain.  Words of the wrapper are split at
+ * spaces (meson quotes none in our cross file).  Returns only on failure. */
+static inline void exec_self(const char *path, char **argv, const char *preload)
+{
+    const char *wrap = getenv("MESON_EXE_WRAPPER");
+    if (!wrap || !*wrap) {
+        if (preload)
+            setenv("LD_PRELOAD", preload, 1);
+        execv(path, argv);
+        return;
+    }
+    static char words[1024], env_arg[4096], self[4096];
+    char *args[64];
+    size_t n = 0, argc = 0;
+    while (argv[argc])
+        argc++;
+    snprintf(words, sizeof words, "%s", wrap);
+    for (char *w = strtok(words, " "); w && n < 32; w = strtok(NULL, " "))
+        args[n++] = w;
+    const char *base = strrchr(args[0], '/');
+    base = base ? base + 1 : args[0];
+    if (preload && strncmp(base, "qemu-", 5) == 0) {
+        snprintf(env_arg, sizeof env_arg, "LD_PRELOAD=%s", preload);
+        args[n++] = "-E";
+        args[n++] = env_arg;
+    } else if (preload) {
+        setenv("LD_PRELOAD", preload, 1);
+    }
+    /* The guest's /proc/self/exe is the test (qemu emulates the link);
+     * the wrapper would open its own. */
+    if (strcmp(path, "/proc/self/exe") == 0) {
+        ssize_t len = readlink(path, self, sizeof self - 1);
+        if (len <= 0)
+            return;
+        self[len] = '\0';
+        path = self;
+    }
+    args[n++] = (char *)path;
+    for (size_t i = 1; i < argc && n < 63; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execvp(args[0], args);
+}
 
 /* MALLOC_PERTURB_ (meson test sets it) keeps memalloc's inline fast path
  * off, so a test that wants both paths runs itself again, re-executed
@@ -160,7 +235,7 @@ static inline int rerun_without_perturb(const char *name, char **argv)
     }
     if (pid == 0) {
         unsetenv("MALLOC_PERTURB_");
-        execv("/proc/self/exe", argv);
+        exec_self("/proc/self/exe", argv, NULL);
         fprintf(stderr, "%s: re-exec without MALLOC_PERTURB_: %s\n", name, strerror(errno));
         _exit(127);
     }
@@ -219,6 +294,15 @@ static inline int run_captured(void (*act)(int, void *), int a, void *p, char *o
     close(fds[1]);
     *len = read_all(fds[0], out, size);
     close(fds[0]);
+    /* qemu-user adds a line of its own to the stderr of a guest that dies
+     * of a signal ("qemu: uncaught target signal 6 (Aborted) - core
+     * dumped", even with core dumps off): it is not the child's. */
+    static const char qemu_line[] = "qemu: uncaught target signal ";
+    char *q = strstr(out, qemu_line);
+    if (q && (q == out || q[-1] == '\n') && strchr(q, '\n') == out + *len - 1) {
+        *q = '\0';
+        *len = (size_t)(q - out);
+    }
     return wait_child(pid);
 }
 

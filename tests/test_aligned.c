@@ -308,7 +308,7 @@ static void test_valloc_pvalloc(void)
         if (pv) {
             size_t u = memalloc_malloc_usable_size(pv);
             CHECK(u >= rounded, "pvalloc(%zu): usable %zu < %zu (whole pages)", n, u, rounded);
-            memset(pv, 3, rounded);
+            memset(pv, 3, u < rounded ? u : rounded);   /* a short block: no overrun */
         }
         memalloc_free(v);
         memalloc_free(pv);

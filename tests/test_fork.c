@@ -22,6 +22,8 @@
  *             and requires memalloc_check() == 0; the parent keeps working
  *             afterwards and its heap must check clean too.
  *
+ * MEMALLOC_TEST_SCALE (see check.h) scales the numbers of forks,
+ * iterations and child operations down for emulated runs.
  * With MALLOC_PERTURB_ set (meson test does), the threaded scenarios run a
  * second time without it, so that the thread caches' fast path is used.
  * A hang is turned into a failure by alarm() watchdogs in every process
@@ -365,7 +367,8 @@ static int scenario_deadlock(void)
             usleep(1000);
     }
 
-    for (long i = 0; i < DL_FORKS; i++) {
+    const long forks = test_scaled(DL_FORKS, 20);
+    for (long i = 0; i < forks; i++) {
         wd_stage = "fork() in the parent (prepare handlers)";
         wd_index = i;
         pid_t pid = fork();
@@ -530,7 +533,8 @@ static int scenario_sigfork(void)
 
     uint64_t r = 1;
     long forks = 0;
-    for (long it = 0; it < SF_ITERS && !sf_error; it++) {
+    const long iters = test_scaled(SF_ITERS, 5000);
+    for (long it = 0; it < iters && !sf_error; it++) {
         unsigned slot = (unsigned)(rng_next(&r) % SF_OBJECTS);
         size_t size = rng_next(&r) % 32 == 0 ? 130000 + rng_next(&r) % 200000
                                              : rng_next(&r) % 32768;
@@ -670,7 +674,8 @@ static void hv_child(long index)
     /* Heavy private churn, small and large. */
     static struct blk *mine[512];
     uint64_t r = 0x5eedu + (uint64_t)index;
-    for (int op = 0; op < HV_CHILD_OPS; op++) {
+    const long ops = test_scaled(HV_CHILD_OPS, 500);
+    for (long op = 0; op < ops; op++) {
         unsigned k = (unsigned)(rng_next(&r) % 512);
         if (mine[k]) {
             const char *bad = blk_bad(mine[k]);
@@ -733,7 +738,8 @@ static int scenario_heavy(void)
     while (atomic_load(&hv_ready) < HV_THREADS)
         usleep(1000);
 
-    for (long i = 0; i < HV_FORKS; i++) {
+    const long forks = test_scaled(HV_FORKS, 2);
+    for (long i = 0; i < forks; i++) {
         wd_stage = "fork() in the parent";
         wd_index = i;
         pid_t pid = fork();
@@ -814,10 +820,10 @@ static int launch(const char *self, const char *lib, const char *name, int no_pe
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0)
             dup2(devnull, 1);
-        setenv("LD_PRELOAD", lib, 1);
         if (no_perturb)
             unsetenv("MALLOC_PERTURB_");
-        execl(self, self, "--scenario", name, (char *)NULL);
+        char *args[] = {(char *)self, "--scenario", (char *)name, NULL};
+        exec_self(self, args, lib);
         fprintf(stderr, "FAIL: exec %s: %s\n", self, strerror(errno));
         _exit(127);
     }

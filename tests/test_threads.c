@@ -20,7 +20,8 @@
  * With MALLOC_PERTURB_ set (meson test does) the whole run is repeated in a
  * re-executed copy without it, since junk filling keeps memalloc off its
  * thread-cache fast path.
- * Bounded iteration counts only; a watchdog alarm turns a hang into a
+ * Bounded iteration counts only, scaled down by MEMALLOC_TEST_SCALE (see
+ * check.h) for emulated runs; a watchdog alarm turns a hang into a
  * failure.  Exit 0 on success, 1 on any failed check.
  */
 #define _GNU_SOURCE
@@ -150,6 +151,7 @@ static void start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
 #define P1_THREADS 4
 #define P1_SLOTS 192
 #define P1_ITERS 100000
+static long p1_iters;                   /* scaled in main */
 
 struct slot {
     unsigned char *p;
@@ -167,7 +169,7 @@ static void *p1_worker(void *arg)
     char who[32];
     snprintf(who, sizeof who, "phase1 thread %u", id);
 
-    for (int it = 0; it < P1_ITERS; it++) {
+    for (long it = 0; it < p1_iters; it++) {
         struct slot *s = &slots[rng_next(&rng) % P1_SLOTS];
         unsigned op = (unsigned)(rng_next(&rng) % 8);
         if (s->p) {
@@ -270,6 +272,7 @@ static void phase1(void)
 #define P2_PRODUCERS 2
 #define P2_CONSUMERS 2
 #define P2_PER_PRODUCER 100000
+static long p2_per_producer;            /* scaled in main */
 #define QCAP 64
 
 struct item {
@@ -318,7 +321,7 @@ static void *p2_producer(void *arg)
     uint64_t rng = 0xabcdef12345ULL * (id + 3) | 1;
     char who[32];
     snprintf(who, sizeof who, "phase2 producer %u", id);
-    for (int i = 0; i < P2_PER_PRODUCER; i++) {
+    for (long i = 0; i < p2_per_producer; i++) {
         size_t n;
         unsigned r = (unsigned)(rng_next(&rng) % 64);
         if (r == 0)
@@ -384,7 +387,7 @@ static void phase2(void)
         q_put((struct item){NULL, 0, 0});
     for (unsigned i = 0; i < P2_CONSUMERS; i++)
         pthread_join(cons[i], NULL);
-    long want = (long)P2_PRODUCERS * P2_PER_PRODUCER;
+    long want = (long)P2_PRODUCERS * p2_per_producer;
     if (atomic_load(&p2_consumed) != want && atomic_load(&failures) == 0)
         FAIL("phase2: %ld blocks consumed, expected %ld", atomic_load(&p2_consumed), want);
     check_quiet("phase2");
@@ -392,11 +395,12 @@ static void phase2(void)
 
 /* ---- phase 3: thread churn ---------------------------------------------------- */
 
-#define P3_THREADS 3000
+#define P3_THREADS 3000             /* at most; scaled in main */
 #define P3_WAVE 4
 #define P3_LEFT 2
 
 static struct item leftovers[P3_THREADS][P3_LEFT];
+static unsigned p3_threads;                 /* a multiple of P3_WAVE */
 
 static void *p3_thread(void *arg)
 {
@@ -463,7 +467,7 @@ static void phase3(void)
     struct memalloc_stats before, after;
     memalloc_get_stats(&before);
 
-    for (unsigned base = 0; base < P3_THREADS; base += P3_WAVE) {
+    for (unsigned base = 0; base < p3_threads; base += P3_WAVE) {
         pthread_t t[P3_WAVE];
         for (unsigned i = 0; i < P3_WAVE; i++)
             start_thread(&t[i], p3_thread, (void *)(uintptr_t)(base + i));
@@ -474,7 +478,7 @@ static void phase3(void)
         if ((base / P3_WAVE) % 2 == 0)
             free_leftovers(base, base + P3_WAVE);
     }
-    free_leftovers(0, P3_THREADS);
+    free_leftovers(0, p3_threads);
 
     check_quiet("phase3");
     memalloc_get_stats(&after);
@@ -491,6 +495,9 @@ int main(int argc, char **argv)
 
     const char *pert = getenv("MALLOC_PERTURB_");
     printf("test_threads: MALLOC_PERTURB_=%s\n", pert ? pert : "(unset)");
+    p1_iters = test_scaled(P1_ITERS, 1000);
+    p2_per_producer = test_scaled(P2_PER_PRODUCER, 1000);
+    p3_threads = (unsigned)test_scaled(P3_THREADS / P3_WAVE, 8) * P3_WAVE;
     phase1();
     phase2();
     phase3();
