@@ -396,6 +396,8 @@ static size_t trim_threshold(void)
 #define PURGE_SHARE_CAP ((size_t)32 << 20)
 static size_t live_bytes(void)
 {
+    /* Counters written under their locks, read here without: relaxed
+     * atomic loads of aligned words, which only steer a heuristic. */
     size_t live = __atomic_load_n(&H.st.large_in_use, __ATOMIC_RELAXED);
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         live += __atomic_load_n(&memalloc_classes[c].in_use, __ATOMIC_RELAXED) *
@@ -511,6 +513,9 @@ void purge_maybe(void)
                          __ATOMIC_RELAXED);
         return;
     }
+    /* Acquire, and the release that ends the pass: the pass's own state
+     * (the decay's totals, allocs_at_pass) passes from one pass to the
+     * next, whichever threads run them. */
     if (__atomic_exchange_n(&memalloc_pass_running, 1, __ATOMIC_ACQUIRE))
         return;
     /* Subtract what this pass answers for: additions made since the load

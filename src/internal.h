@@ -329,6 +329,8 @@ enum ptr_kind { PTR_BAD, PTR_SMALL, PTR_LARGE };
 static inline enum ptr_kind ptr_lookup(const void *p, void **meta)
 {
     uintptr_t a = (uintptr_t)p;
+    /* Acquire: pairs with heap.c's publish_end(), which stores the new
+     * limit (release) after the map entries of the memory below it. */
     uintptr_t limit = __atomic_load_n(&memalloc_heap_limit, __ATOMIC_ACQUIRE);
     if (unlikely(a < memalloc_heap_base || a >= limit || (a & (ALIGNMENT - 1))))
         return PTR_BAD;

@@ -75,9 +75,12 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
     if (unlikely(block_number(c, a - c->blocks) >=
                  __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
         return false;
-    /* The key first, then the mask: a purge sets the mask before its
-     * madvise wipes the keys, so a key already wiped comes with its page's
-     * bit already set. */
+    /* The key first (acquire), then the mask: a purge stores the mask
+     * (release) before its madvise wipes the keys.  A load that finds a
+     * wiped key has taken the page fault that maps the page back, under
+     * the page-table lock that the madvise took after storing the mask,
+     * so the mask read after it is the new one on any CPU, weakly ordered
+     * aarch64 included. */
     uintptr_t key = __atomic_load_n(&((const uintptr_t *)p)[1], __ATOMIC_ACQUIRE);
     uint64_t purged = __atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED);
     return likely(!((purged >> ((a / GRAIN) & 63)) & 1) && key != memalloc_tc_key);
@@ -85,7 +88,17 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
 
 /* The bin p may go into: p is a valid small block of a cached class, does
  * not look freed already, and the bin has room.  NULL leaves p to the slow
- * path, which validates and reports.  Writes nothing. */
+ * path, which validates and reports.  Writes nothing.
+ *
+ * Ordering: the map entry and the chunk header are read without a lock or
+ * an acquire.  They were written under the class lock before p was handed
+ * out, and whatever passed p to this thread (the program's own
+ * synchronisation, or this thread's own malloc) orders those writes before
+ * these reads in C11's happens-before.  Only a pointer that memalloc never
+ * handed to anyone can race with a chunk being set up: it may then take
+ * the slow path, which rechecks under the lock.  A double free racing the
+ * first free of the same block on another thread may see no key: that one
+ * is not caught (nor is it by glibc's tcache). */
 static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 {
     /* The range check: the unit map covers all the heap can ever span, and

@@ -172,9 +172,11 @@ static struct outcome try_one(const struct api *volatile api, int f, size_t alig
 }
 
 /* The system malloc is glibc's unless a sanitizer or valgrind replaced it. */
+/* Not under an emulator's exe wrapper either: qemu-user's mmap loses its
+ * free guest address space after glibc's impossible requests. */
 static int compare_with_libc(void)
 {
-    return !SANITIZED && !UNDER_VALGRIND();
+    return !SANITIZED && !UNDER_VALGRIND() && !getenv("MESON_EXE_WRAPPER");
 }
 
 /* One request through one entry point: memalloc's outcome must be `want_ok`
@@ -224,6 +226,10 @@ static void test_huge_alignments(void)
          * has room; from 2^47 no 47-bit address space does; in between the
          * machine's memory decides, and failure must still be ENOMEM. */
         int want = k <= 22 ? 1 : k >= 47 ? 0 : -1;
+        /* Under an emulator's exe wrapper (qemu-user zero-fills the break
+         * it hands back) such blocks would cost real memory: skip them. */
+        if (want == -1 && getenv("MESON_EXE_WRAPPER"))
+            continue;
         const size_t impossible[] = {smax, smax - a + 1, smax / 2 + 1, smax / 2,
                                      smax / 2 - a + 1, smax / 4};
         for (int f = 0; f < F_COUNT; f++) {
