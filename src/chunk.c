@@ -538,9 +538,12 @@ void chunk_free(struct chunk *c, void *p, const char *func)
 
 /* ---- batches for the thread caches ---------------------------------------- */
 
-/* Up to n blocks of class cls, linked through their first words (see
- * link_hide) in the order taken (address order for freshly carved ones).
- * Returns how many. */
+/* Up to n blocks of class cls for a thread cache, linked through their
+ * first words (see link_hide) in the order taken (address order for
+ * freshly carved ones), each carrying the free key as cached blocks do (a
+ * parked batch comes from a cache and has them already).  The blocks are
+ * written here, under the lock, so the refilling thread owns their cache
+ * lines from the start.  Returns how many. */
 unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
 {
     struct size_class *sc = &memalloc_classes[cls];
@@ -563,6 +566,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
             void **p = take_block(c, &was_carved);
+            p[1] = (void *)memalloc_tc_key;
             if (last)
                 last[0] = link_hide(last, p);
             else
@@ -585,16 +589,19 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
 }
 
 /* Put n listed blocks back into their chunks; the bitmap catches a block
- * that reached the pool twice.  Class lock held. */
+ * that reached the pool twice.  Each block is looked up before its link is
+ * read, so an overwritten link stops here as a bad block of this class.
+ * Class lock held. */
 static void return_list(struct size_class *sc, void *list, unsigned n)
 {
-    for (void *p = list, *next; p; p = next) {
-        next = link_next("free", p);
+    for (void **p = list, **next; p; p = next) {
         void *meta;
-        if (ptr_lookup(p, &meta) != PTR_SMALL) {
+        if (ptr_lookup(p, &meta) != PTR_SMALL ||
+            ((struct chunk *)meta)->cls != (unsigned)(sc - memalloc_classes)) {
             pthread_mutex_unlock(&sc->lock);
-            fatal_pointer("free", "invalid pointer", p);
+            link_corrupt("free", p);
         }
+        next = link_reveal(p, p[0]);
         struct chunk *c = meta;
         put_back(sc, c, p, checked_index(sc, c, p, "free"));
     }

@@ -102,9 +102,7 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
         return NULL;
-    for (void **p = list; p; p = link_next("malloc", p))
-        p[1] = (void *)memalloc_tc_key;
-    b->head = list;
+    b->head = list;                 /* keyed and linked by the class */
     b->count = got;
     if (b->count > b->max)          /* a parked batch from a bigger bin */
         b->max = (uint16_t)b->count;
