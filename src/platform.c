@@ -125,8 +125,10 @@ static void reserve_first(uintptr_t brk)
 {
     res_tried = true;
     /* Valgrind keeps the client's break in a range of its own that a
-     * mapping there would break for good; its break is small anyway. */
-    if (RUNNING_ON_VALGRIND)
+     * mapping there would break for good; its break is small anyway.  Its
+     * preloaded core library tells, in builds without its headers too. */
+    const char *preload = getenv("LD_PRELOAD");
+    if (RUNNING_ON_VALGRIND || (preload && strstr(preload, "vgpreload_")))
         return;
     size_t len = RESERVE_BYTES;
     struct rlimit rl;
