@@ -151,9 +151,11 @@ static void set_purged_mask(struct chunk *c)
  * held: a block cannot be taken from a page while it is being purged.
  *
  * Ordering: the mask is stored (release) before madvise wipes the free
- * keys, and madvise is a system call whose TLB shootdown is a full barrier
- * on every CPU, so a lock-free free that reads a wiped key (acquire, in
- * tcache_block_plausible) and then the mask sees the mask's new value. */
+ * keys; a lock-free free that reads a wiped key has taken the page fault
+ * that maps the page back, under the page-table lock madvise took after
+ * the store, so it reads the new mask (see tcache_block_plausible).  With
+ * MADV_FREE a key may survive the purge: the mask still sends such a free
+ * to the bitmap. */
 static void purge_chunk(struct chunk *c)
 {
     const size_t grains = c->s.units * (UNIT / GRAIN);
@@ -594,12 +596,13 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
  * Class lock held. */
 static void return_list(struct size_class *sc, void *list, unsigned n)
 {
-    for (void **p = list, **next; p; p = next) {
+    unsigned seen = 0;
+    for (void **p = list, **next; p || seen != n; p = next) {
         void *meta;
-        if (ptr_lookup(p, &meta) != PTR_SMALL ||
+        if (!p || seen++ == n || ptr_lookup(p, &meta) != PTR_SMALL ||
             ((struct chunk *)meta)->cls != (unsigned)(sc - memalloc_classes)) {
             pthread_mutex_unlock(&sc->lock);
-            link_corrupt("free", p);
+            link_corrupt("free", p ? p : list);
         }
         next = link_reveal(p, p[0]);
         struct chunk *c = meta;
@@ -669,9 +672,13 @@ bool chunk_parked_holds(unsigned cls, const void *p)
     struct size_class *sc = &memalloc_classes[cls];
     bool found = false;
     pthread_mutex_lock(&sc->lock);
+    /* The links were written by a thread cache but live in free blocks:
+     * look each block up before reading its link, as bin_contains does. */
     for (unsigned i = 0; i < sc->parked && !found; i++) {
         unsigned left = sc->parked_count[i];
-        for (void *const *q = sc->parked_list[i]; q && left-- && !found;
+        void *meta;
+        for (void *const *q = sc->parked_list[i];
+             q && left-- && !found && ptr_lookup(q, &meta) == PTR_SMALL;
              q = link_reveal(q, q[0]))
             found = q == p;
     }

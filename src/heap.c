@@ -292,9 +292,10 @@ static struct span *new_segment(size_t units)
 /* The reservation is best made when the library is loaded: the process is
  * still single-threaded then (unless dlopen loads us), so no other
  * allocator is growing the break while it is placed, and glibc's malloc,
- * finding the break blocked, takes its memory with mmap from its first
- * call instead of racing memalloc on the break.  Not needed for
- * correctness: the first growth reserves otherwise. */
+ * finding the break blocked, takes its memory with mmap (from its first
+ * call, unless a constructor that ran earlier used it already) instead of
+ * racing memalloc on the break.  Not needed for correctness: the first
+ * growth reserves otherwise. */
 __attribute__((constructor)) static void reserve_at_load(void)
 {
     ensure_init();
@@ -501,8 +502,8 @@ void purge_maybe(void)
      * dirt of retired chunks, which chunk.c noted, is in the base. */
     size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED);
     size_t base = __atomic_load_n(&H.dirty_base, __ATOMIC_RELAXED);
-    size_t seen = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED);
-    size_t pending = seen + (dirty > base ? dirty - base : 0);
+    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED) +
+                     (dirty > base ? dirty - base : 0);
     if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
                pending < (size_t)option(OPT_PURGE_THRESHOLD)))
         return;
@@ -518,9 +519,9 @@ void purge_maybe(void)
      * next, whichever threads run them. */
     if (__atomic_exchange_n(&memalloc_pass_running, 1, __ATOMIC_ACQUIRE))
         return;
-    /* Subtract what this pass answers for: additions made since the load
-     * above belong to the next pass and must not be lost. */
-    __atomic_sub_fetch(&dirty_pending, seen, __ATOMIC_RELAXED);
+    /* Take what this pass answers for in one exchange: additions made
+     * after it belong to the next pass and are not lost. */
+    __atomic_exchange_n(&dirty_pending, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
     /* A program that allocated nothing since the last pass, and does not
      * reuse what passes purge, is freeing for good, and the last of it

@@ -89,17 +89,19 @@ size_t os_purge(void *from, size_t len, bool lazy)
  * next mapping, so the reservation starts a page above the break.
  *
  * The reservation covers RESERVE_BYTES (capped at an eighth of RLIMIT_AS,
- * which does count it) and is extended by as much again at its top when
- * the heap reaches it.  If something already sits above the break, a
- * smaller reservation up to it is taken, or none.
+ * which does count it) and is extended at its top by that much beyond
+ * what a growth needs when the heap reaches it.  If something already sits
+ * above the break (or above the top), a smaller reservation up to it is
+ * taken, or none.
  *
  * Callers serialise: every call comes from heap.c with the heap lock held.
  */
 #define RESERVE_BYTES ((size_t)4 << 30)
 #define RESERVE_MIN ((size_t)1 << 20)
 static uintptr_t res_lo, res_hi;    /* [res_lo, res_hi) is reserved; 0, 0: none */
+static size_t res_step;             /* the first reservation's length: each extension's */
+static bool res_tried, res_doubted; /* reserved once; asked once whether it blocks sbrk */
 extern void *__sbrk(intptr_t delta);    /* glibc's, which our sbrk() wraps */
-static bool res_tried;
 
 static inline uintptr_t page_up(uintptr_t a)
 {
@@ -136,12 +138,28 @@ static void reserve_first(uintptr_t brk)
         rl.rlim_cur / 8 < len)
         len = (size_t)(rl.rlim_cur / 8) & ~(os_page() - 1);
     uintptr_t at = page_up(brk) + os_page();
-    for (; len >= RESERVE_MIN; len /= 2)
+    for (; len >= RESERVE_MIN; len = (len / 2) & ~(os_page() - 1))
         if (reserve(at, len)) {
             res_lo = at;
             res_hi = at + len;
+            res_step = len;
             return;
         }
+}
+
+/* Extend the reservation at its top by what a growth to `need` lacks plus
+ * one step, or by less, down to just what it lacks. */
+static void extend(uintptr_t need)
+{
+    size_t lack = page_up(need - res_hi);
+    for (size_t len = lack + res_step; len >= lack; len = lack + ((len - lack) / 2 & ~(os_page() - 1))) {
+        if (reserve(res_hi, len)) {
+            res_hi += len;
+            return;
+        }
+        if (len == lack)
+            return;
+    }
 }
 
 /* Before the break grows from cur by delta: move the bottom of the
@@ -155,11 +173,8 @@ static uintptr_t make_room(uintptr_t cur, size_t delta, uintptr_t *from)
     uintptr_t need = page_up(cur + delta) + os_page();
     if (need <= res_lo)
         return res_lo;
-    if (need > res_hi) {
-        size_t more = need - res_hi > RESERVE_BYTES ? page_up(need - res_hi) : RESERVE_BYTES;
-        if (reserve(res_hi, more))
-            res_hi += more;
-    }
+    if (need > res_hi)
+        extend(need);
     uintptr_t cut = need < res_hi ? need : res_hi;
     munmap((void *)res_lo, cut - res_lo);
     res_lo = cut;
@@ -192,11 +207,13 @@ void *raw_sbrk(intptr_t delta)
                 res_hi = cut;
             res_lo = from;
         }
-        /* Was the reservation itself in the way?  Valgrind and qemu-user
-         * keep a limit of their own on the break, and a reservation placed
-         * inside it blocks growth: then do without one. */
+        /* Was the reservation itself in the way?  An emulator may keep a
+         * limit of its own on the break, and a reservation placed inside
+         * it blocks growth: then do without one.  Asked once: after that a
+         * failure is the kernel's answer (RLIMIT_DATA, say). */
         uintptr_t lo = res_lo, hi = res_hi;
-        if (lo && munmap((void *)lo, hi - lo) == 0) {
+        if (lo && !res_doubted && munmap((void *)lo, hi - lo) == 0) {
+            res_doubted = true;
             old = __sbrk(delta);
             if (old == (void *)-1 && reserve(lo, hi - lo))
                 return old;
@@ -207,7 +224,7 @@ void *raw_sbrk(intptr_t delta)
     }
     if (delta > 0) {
         VALGRIND_MAKE_MEM_DEFINED(old, (size_t)delta);
-    } else if (delta < 0 && res_lo) {
+    } else if (delta < 0 && res_lo && old != (void *)-1) {
         uintptr_t want = page_up((uintptr_t)old + (uintptr_t)delta) + os_page();
         if (want < res_lo && reserve(want, res_lo - want))
             res_lo = want;

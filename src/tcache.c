@@ -292,7 +292,9 @@ static void list_remove(struct tcache *t)
 }
 
 /* The cache leaves the list before it is flushed, so that no double-free
- * lookup walks blocks that are going back to their chunks. */
+ * lookup walks blocks that are going back to their chunks.  A double free
+ * racing the exit, of a block still in this cache, is then not found by the
+ * lookup: like the race described at tcache_bin_for, that one is missed. */
 static void thread_exit(void *arg)
 {
     struct tcache *t = arg;
@@ -306,16 +308,28 @@ static void thread_exit(void *arg)
         chunk_free(meta, t, "free");
 }
 
+/* A one-way mix of 64 bits (the splitmix64 finaliser): what memalloc
+ * stores in free blocks must not give away AT_RANDOM's bytes, which glibc
+ * uses as the stack canary and the pointer guard. */
+static uint64_t mix(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 void tcache_init(void)
 {
-    uintptr_t half[2] = {0, 0};
+    uint64_t half[2] = {0, 0};
     const void *rnd = (const void *)getauxval(AT_RANDOM);
     if (rnd)
         memcpy(half, rnd, sizeof half);     /* AT_RANDOM is not aligned */
-    /* Never a plausible pointer or zero, whatever AT_RANDOM held.  The link
-     * secret is the other half: the key is readable in every free block. */
-    memalloc_tc_key = (half[0] ^ (uintptr_t)&exit_key) | 1;
-    memalloc_link_secret = half[1] ^ ((uintptr_t)&memalloc_tc_key << 16);
+    uint64_t seed = half[0] ^ mix(half[1] ^ (uintptr_t)&exit_key);
+    /* Never a plausible pointer or zero, whatever AT_RANDOM held.  The key
+     * is readable in every free block; the link secret is not derived from
+     * it. */
+    memalloc_tc_key = (uintptr_t)mix(seed ^ 0x6b6579) | 1;
+    memalloc_link_secret = (uintptr_t)mix(seed ^ 0x6c696e6b);
     /* Without a key a cache could never be handed back at thread exit:
      * then there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
     exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
