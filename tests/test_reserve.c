@@ -29,7 +29,7 @@
  * it is PROT_NONE, 0 if there is none. */
 static size_t reservation(void)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t page = page_in_force();     /* memalloc's gap is one of its pages */
     uintptr_t brk = (uintptr_t)sbrk(0);
     uintptr_t want = ((brk + page - 1) & ~(page - 1)) + page;
     FILE *f = fopen("/proc/self/maps", "r");
