@@ -1,7 +1,8 @@
 /*
  * api.c - the public entry points, memalloc_*: argument checking, glibc's
- * semantics for the corner cases, and the choice between a small class and
- * a large block.  override.c maps the standard names onto these.
+ * semantics for the corner cases, the choice between a small class and a
+ * large block, mallopt, malloc_trim, and the program's sbrk and brk.
+ * override.c maps the remaining standard names onto these.
  *
  * Invariants: every result is 16-byte aligned; failures return NULL with
  * errno set (ENOMEM, or EINVAL for a bad alignment) and change nothing; free
@@ -10,13 +11,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
 #include <string.h>
 
-#include "internal.h"
+#include "init.h"
 #include "memalloc.h"
+#include "options.h"
+#include "purge.h"
 #include "tcache.h"
-
-#define EXPORT __attribute__((visibility("default")))
 
 static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
@@ -31,7 +33,6 @@ static inline void junk_fill(void *p, size_t n)
 
 static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
 {
-    options_ensure();
     if (n > (size_t)PTRDIFF_MAX) {
         errno = ENOMEM;
         return NULL;
@@ -142,6 +143,7 @@ static NOINLINE void free_checked(void *p, const char *func)
             (char *)b + b->user_off == (char *)p)
             memset(p, (int)(option(OPT_PERTURB) & 0xff), b->requested);
         large_free(b, p, func);
+        purge_maybe();
         return;
     }
     case PTR_BAD:
@@ -184,7 +186,7 @@ static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_ki
     *kind = ptr_lookup(p, meta);
     if (*kind == PTR_SMALL) {
         /* The chunk counts cached blocks as in use: ask the caches. */
-        if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
+        if (((void **)p)[1] == (void *)memalloc_free_key && tcache_holds(p))
             fatal_pointer(func, "use after free", p);
         return chunk_block_size(*meta, p, func);
     }
@@ -209,8 +211,10 @@ EXPORT void *memalloc_realloc(void *p, size_t n)
     size_t old = usable_checked(p, "realloc", &meta, &kind);
     /* A large block shrinks in place, or grows into free space or the break
      * above it; a small block that still fits stays where it is. */
-    if (kind == PTR_LARGE && large_resize_in_place(meta, n))
+    if (kind == PTR_LARGE && large_resize_in_place(meta, n)) {
+        purge_maybe();              /* a shrink may have freed units */
         return p;
+    }
     if (n <= old)
         return p;
     void *q = memalloc_malloc(n);
@@ -300,6 +304,63 @@ EXPORT size_t memalloc_malloc_usable_size(void *p)
     void *meta;
     enum ptr_kind kind;
     return usable_checked(p, "malloc_usable_size", &meta, &kind);
+}
+
+/* ---- glibc's malloc.h extensions and the break ---------------------------------- */
+
+EXPORT int memalloc_mallopt(int param, int value)
+{
+    ensure_init();
+    switch (param) {
+    /* As in glibc, setting either one by hand turns off the threshold that
+     * follows the size of freed large blocks.  A negative threshold
+     * (mallopt(3): -1) turns automatic trimming off, malloc_trim still
+     * works; a negative pad is no pad.  Both return 1 for any value. */
+    case M_TRIM_THRESHOLD:
+        option_set(OPT_TRIM_THRESHOLD, value < 0 ? PTRDIFF_MAX : value);
+        option_set(OPT_RETAIN_MAX, 0);
+        return 1;
+    case M_TOP_PAD:
+        option_set(OPT_TOP_PAD, value < 0 ? 0 : value);
+        option_set(OPT_RETAIN_MAX, 0);
+        return 1;
+    case M_PERTURB:
+        option_set(OPT_PERTURB, value & 0xff);
+        return 1;
+    case M_MXFAST: case M_MMAP_THRESHOLD: case M_MMAP_MAX: case M_CHECK_ACTION:
+    case M_ARENA_TEST: case M_ARENA_MAX:
+        return 1;                   /* accepted; nothing here they could tune */
+    default:
+        return 0;
+    }
+}
+
+
+EXPORT int memalloc_malloc_trim(size_t pad)
+{
+    ensure_init();
+    if (tcache_current())
+        tcache_flush_all(tcache_current());
+    return purge_trim(pad);
+}
+
+/* sbrk and brk for the rest of the program, in both libraries: the space
+ * above the break is reserved, so glibc's own would fail there (heap.c). */
+EXPORT void *sbrk(intptr_t delta)
+{
+    ensure_init();
+    return heap_sbrk(delta);
+}
+
+EXPORT int brk(void *addr)
+{
+    ensure_init();
+    void *old = heap_brk(addr);
+    if (old == (void *)-1) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the standard names (libmemalloc only) ------------------------------------- */

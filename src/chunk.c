@@ -25,15 +25,19 @@
 #define _GNU_SOURCE
 #include <string.h>
 
-#include "internal.h"
-#include "tcache.h"
+#include "chunk.h"
+#include "options.h"
 
 _Static_assert(offsetof(struct chunk, in_use) == 64,
                "what the lock-free free path reads fits the first cache line");
 
-static inline bool bit_get(const uint64_t *map, size_t i)
+uintptr_t memalloc_free_key HIDDEN;
+uintptr_t memalloc_link_secret HIDDEN;
+size_t memalloc_chunk_noted HIDDEN; /* atomic */
+
+void link_corrupt(const char *func, const void *p)
 {
-    return (map[i / 64] >> (i % 64)) & 1;
+    fatal_pointer(func, "corrupted free list at", p);
 }
 
 static void partial_push(struct size_class *sc, struct chunk *c)
@@ -58,21 +62,16 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
 
 /* ---- purging: free pages inside chunks go back with madvise --------------- */
 
-/* Which chunks a pass purges: sparse ones, at most 1/SPARSE_DIV of their
- * blocks in use (half, for blocks of a page or more, where every free block
- * is whole pages), the state a chunk is left in when a program frees most
- * of what it held.  A busier chunk of small blocks has few whole free
+/* Which chunks a pass may purge: sparse ones, at most 1/SPARSE_DIV of
+ * their blocks in use (half, for blocks of a page or more, where every free
+ * block is whole pages), the state a chunk is left in when a program frees
+ * most of what it held.  A busier chunk of small blocks has few whole free
  * pages, and its free blocks are the first to be handed out again: purging
- * them costs a madvise now and page faults soon.  (Measured in one run
- * with the adaptive decay of heap.c: making every chunk with a free block a
- * candidate made bench/workloads/footprint 23% slower, 1.19 s against
- * 0.97 s, for the same memory; 1/4 instead of 1/16 was within noise.)  A
- * chunk goes on its class's candidate list when a block coming back makes
- * it sparse; a pass purges the candidates that no block was taken from or
- * put back to during the last `decay` pass intervals (heap.c decides the
- * decay). */
+ * them costs a madvise now and page faults soon.  A chunk goes on its
+ * class's candidate list when a block coming back makes it sparse; a pass
+ * purges the candidates that no block was taken from or put back to since
+ * the sweep's cutoff (purge.c decides it). */
 #define SPARSE_DIV 16
-static uint32_t purge_epoch = 1;
 static size_t purged_bytes;         /* statistics, atomic */
 static size_t reused_bytes;         /* purged pages handed out again, atomic */
 
@@ -83,10 +82,7 @@ static inline bool candidate(const struct chunk *c)
     return (size_t)c->in_use * SPARSE_DIV <= c->capacity;
 }
 
-static inline void touch(struct chunk *c)
-{
-    c->touched = __atomic_load_n(&purge_epoch, __ATOMIC_RELAXED);
-}
+static inline void touch(struct chunk *c, uint32_t now) { c->touched = now; }
 
 static void cand_add(struct size_class *sc, struct chunk *c)
 {
@@ -113,7 +109,7 @@ static void cand_remove(struct size_class *sc, struct chunk *c)
 }
 
 /* Are blocks lo..hi (inclusive) all free? */
-static bool all_free(const struct chunk *c, size_t lo, size_t hi)
+bool chunk_all_free(const struct chunk *c, size_t lo, size_t hi)
 {
     for (size_t w = lo / 64; w <= hi / 64; w++) {
         uint64_t mask = ~(uint64_t)0;
@@ -130,7 +126,7 @@ static bool all_free(const struct chunk *c, size_t lo, size_t hi)
 /* Bit k of the mask stands for the grains whose address / GRAIN is k
  * modulo 64, so that the fast path can index it with the block's own
  * address. */
-static uint64_t purged_mask_for(const struct chunk *c)
+uint64_t chunk_purged_mask(const struct chunk *c)
 {
     uint64_t mask = 0;
     for (size_t w = 0; w < CHUNK_MAX_GRAINS / 64; w++)
@@ -141,7 +137,7 @@ static uint64_t purged_mask_for(const struct chunk *c)
 
 static void set_purged_mask(struct chunk *c)
 {
-    __atomic_store_n(&c->purged_mask, purged_mask_for(c), __ATOMIC_RELEASE);
+    __atomic_store_n(&c->purged_mask, chunk_purged_mask(c), __ATOMIC_RELEASE);
 }
 
 /* madvise every kernel page of c that holds only free blocks and may hold
@@ -176,7 +172,7 @@ static void purge_chunk(struct chunk *c)
         size_t hi = ((pg + step) * GRAIN - 1 - c->data_off) / c->size;
         if (hi >= c->capacity)
             hi = c->capacity - 1;
-        if (lo > hi || !all_free(c, lo, hi))
+        if (lo > hi || !chunk_all_free(c, lo, hi))
             continue;
         /* Only grains that hold part of a block are marked: taking the
          * blocks back unmarks them all again. */
@@ -204,12 +200,13 @@ static void purge_chunk(struct chunk *c)
     }
 }
 
-/* Purge the candidates of every class that nobody touched during the last
- * `decay` pass intervals.  One class lock at a time; started by heap.c's
- * purge_maybe. */
-void chunk_purge_pass(unsigned decay)
+static size_t resident_estimate(const struct chunk *c);
+
+/* Purge every candidate that nobody touched after sw->before; count the
+ * others as spared.  One class lock at a time. */
+void chunk_sweep(struct sweep *sw)
 {
-    uint32_t epoch = __atomic_add_fetch(&purge_epoch, 1, __ATOMIC_RELAXED);
+    uint32_t before = (uint32_t)sw->before;
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         struct size_class *sc = &memalloc_classes[cls];
         if (!__atomic_load_n(&sc->cand, __ATOMIC_RELAXED))
@@ -217,11 +214,16 @@ void chunk_purge_pass(unsigned decay)
         pthread_mutex_lock(&sc->lock);
         for (struct chunk *c = sc->cand, *next; c; c = next) {
             next = c->cand_next;
+            int32_t after = (int32_t)(c->touched - before);    /* wraps every 49 days */
             if (!candidate(c)) {
                 cand_remove(sc, c);
-            } else if (c->touched + decay < epoch) {
+            } else if (after <= 0) {
                 purge_chunk(c);
                 cand_remove(sc, c);
+            } else {
+                sw->spared += resident_estimate(c);
+                if (sw->before + (uint32_t)after < sw->oldest)
+                    sw->oldest = sw->before + (uint32_t)after;
             }
         }
         pthread_mutex_unlock(&sc->lock);
@@ -266,7 +268,6 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         partial_push(sc, c);
         return c;
     }
-    options_ensure();
     bool fresh;
     struct span *s = heap_alloc_span(sc->units, &fresh);
     if (!s)
@@ -274,7 +275,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     c = (struct chunk *)s;
     c->s.kind = SPAN_CHUNK;
     c->cls = (uint8_t)cls;
-    c->bin = (uint16_t)offsetof(struct tcache, bins[cls]);
+    c->bin = (uint16_t)(cls * TBIN_BYTES);
     c->capacity = sc->capacity;
     c->in_use = 0;
     c->carved = 0;
@@ -319,7 +320,7 @@ static size_t resident_estimate(const struct chunk *c)
 static void chunk_retire(struct size_class *sc, struct chunk *c)
 {
     if (!c->listed)                 /* a candidate's pages were noted already */
-        purge_note(resident_estimate(c));
+        __atomic_add_fetch(&memalloc_chunk_noted, resident_estimate(c), __ATOMIC_RELAXED);
     cand_remove(sc, c);
     size_t u = unit_index((uintptr_t)c);
     for (size_t k = 1; k < c->s.units; k++)
@@ -346,7 +347,7 @@ static void rekey_grain(struct chunk *c, size_t pg, size_t taken)
         end = c->carved;
     for (size_t i = first; i < end; i++)
         if (i != taken && !bit_get(c->used_map, i))
-            ((void **)((char *)c + c->data_off + i * c->size))[1] = (void *)memalloc_tc_key;
+            ((void **)((char *)c + c->data_off + i * c->size))[1] = (void *)memalloc_free_key;
 }
 
 /* Taking block idx out of purged grains makes them live again.  The rest
@@ -392,18 +393,19 @@ static inline void *take_block(struct chunk *c, bool *was_carved)
 
 /* Block idx (p) is in use; mark it free.  Free blocks carry the key in their
  * second word so that freeing one again is noticed on the lock-free path. */
-static inline void put_back(struct size_class *sc, struct chunk *c, void *p, size_t idx)
+static inline void put_back(struct size_class *sc, struct chunk *c, void *p, size_t idx,
+                            uint32_t now)
 {
     c->used_map[idx / 64] &= ~((uint64_t)1 << (idx % 64));
     if (idx / 64 < c->hint)
         c->hint = (uint32_t)(idx / 64);
-    ((void **)p)[1] = (void *)memalloc_tc_key;
-    touch(c);
+    ((void **)p)[1] = (void *)memalloc_free_key;
+    touch(c, now);
     if (c->in_use-- == c->capacity)
         partial_push(sc, c);
     if (!c->listed && candidate(c)) {
         cand_add(sc, c);
-        purge_note(resident_estimate(c));
+        __atomic_add_fetch(&memalloc_chunk_noted, resident_estimate(c), __ATOMIC_RELAXED);
     }
     if (unlikely(c->in_use == 0)) {
         /* The spare is the lowest empty chunk: a high one would keep the
@@ -439,6 +441,7 @@ static struct chunk *partial_head(struct size_class *sc)
 void *chunk_alloc(unsigned cls, bool *zeroed)
 {
     struct size_class *sc = &memalloc_classes[cls];
+    uint32_t now = (uint32_t)os_now_ms();
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     struct chunk *c = partial_head(sc);
@@ -451,7 +454,7 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
     }
     bool was_carved;
     void **p = take_block(c, &was_carved);
-    touch(c);
+    touch(c, now);
     *zeroed = !was_carved && c->fresh;
     if (!*zeroed)
         p[1] = NULL;                /* drop the free key */
@@ -527,15 +530,15 @@ size_t chunk_block_size(struct chunk *c, const void *p, const char *func)
 
 void chunk_free(struct chunk *c, void *p, const char *func)
 {
+    uint32_t now = (uint32_t)os_now_ms();
     struct size_class *sc = lock_class_of(c, p, func);
     size_t idx = checked_index(sc, c, p, func);
     long perturb = option(OPT_PERTURB);
     if (unlikely(perturb))
         memset(p, (int)(perturb & 0xff), c->size);
     sc->in_use--;
-    put_back(sc, c, p, idx);
+    put_back(sc, c, p, idx, now);
     pthread_mutex_unlock(&sc->lock);
-    purge_maybe();
 }
 
 /* ---- batches for the thread caches ---------------------------------------- */
@@ -551,6 +554,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     struct size_class *sc = &memalloc_classes[cls];
     void *head = NULL, **last = NULL;
     unsigned got = 0;
+    uint32_t now = (uint32_t)os_now_ms();
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     if (sc->parked) {
@@ -568,7 +572,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
             void **p = take_block(c, &was_carved);
-            p[1] = (void *)memalloc_tc_key;
+            p[1] = (void *)memalloc_free_key;
             if (last)
                 last[0] = link_hide(last, p);
             else
@@ -576,7 +580,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
             last = p;
             got++;
         }
-        touch(c);
+        touch(c, now);
         if (c->in_use == c->capacity)
             partial_remove(sc, c);
     }
@@ -594,7 +598,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
  * that reached the pool twice.  Each block is looked up before its link is
  * read, so an overwritten link stops here as a bad block of this class.
  * Class lock held. */
-static void return_list(struct size_class *sc, void *list, unsigned n)
+static void return_list(struct size_class *sc, void *list, unsigned n, uint32_t now)
 {
     unsigned seen = 0;
     for (void **p = list, **next; p || seen != n; p = next) {
@@ -606,7 +610,7 @@ static void return_list(struct size_class *sc, void *list, unsigned n)
         }
         next = link_reveal(p, p[0]);
         struct chunk *c = meta;
-        put_back(sc, c, p, checked_index(sc, c, p, "free"));
+        put_back(sc, c, p, checked_index(sc, c, p, "free"), now);
     }
     sc->in_use -= n;
 }
@@ -618,43 +622,32 @@ static void return_list(struct size_class *sc, void *list, unsigned n)
 void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park)
 {
     struct size_class *sc = &memalloc_classes[cls];
-    bool returned = false;
+    uint32_t now = (uint32_t)os_now_ms();
     pthread_mutex_lock(&sc->lock);
     if (park && sc->parked < XFER_SLOTS) {
         sc->parked_list[sc->parked] = list;
         sc->parked_count[sc->parked] = (uint16_t)n;
         sc->parked++;
     } else {
-        return_list(sc, list, n);
-        returned = true;
+        return_list(sc, list, n, now);
     }
     pthread_mutex_unlock(&sc->lock);
-    if (returned)
-        purge_maybe();
 }
 
-/* Empty the class's parking slots into its chunks, so that chunks that
- * only parked blocks kept alive can go back to the heap: nobody is taking
- * the batches (a thread cache gave up on the class) or malloc_trim asks. */
-void chunk_unpark(unsigned cls)
-{
-    struct size_class *sc = &memalloc_classes[cls];
-    size_t n = 0;
-    pthread_mutex_lock(&sc->lock);
-    while (sc->parked) {
-        sc->parked--;
-        n += sc->parked_count[sc->parked];
-        return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked]);
-    }
-    pthread_mutex_unlock(&sc->lock);
-    if (n)
-        purge_maybe();
-}
-
+/* Empty every class's parking slots into its chunks, so that chunks that
+ * only parked blocks kept alive can go back to the heap (malloc_trim). */
 void chunk_unpark_all(void)
 {
-    for (unsigned cls = 0; cls < NUM_CLASSES; cls++)
-        chunk_unpark(cls);
+    uint32_t now = (uint32_t)os_now_ms();
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
+        struct size_class *sc = &memalloc_classes[cls];
+        pthread_mutex_lock(&sc->lock);
+        while (sc->parked) {
+            sc->parked--;
+            return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked], now);
+        }
+        pthread_mutex_unlock(&sc->lock);
+    }
 }
 
 size_t chunk_parked_blocks(unsigned cls)
@@ -704,124 +697,45 @@ size_t chunk_release_spares(void)
     return n;
 }
 
-/* ---- checking ----------------------------------------------------------- */
+/* ---- set-up ------------------------------------------------------------- */
 
-static int chunk_complain(const char *what, const struct chunk *c)
+static size_t lowest_bit(size_t v) { return v & -v; }
+static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+/* Once, from init.c, after classes_init: each class's chunk geometry, and
+ * the free key and link secret.  The key is never zero or a plausible
+ * pointer; it is readable in every free block, so the link secret is drawn
+ * apart from it. */
+void chunk_init(void)
 {
-    char buf[160];
-    size_t n = 0;
-    const char *parts[] = {"memalloc_check: chunk of class ", NULL};
-    memcpy(buf, parts[0], strlen(parts[0]));
-    n = strlen(parts[0]);
-    n += fmt_unsigned(buf + n, c->cls);
-    buf[n++] = ':';
-    buf[n++] = ' ';
-    size_t len = strlen(what);
-    memcpy(buf + n, what, len);
-    n += len;
-    buf[n++] = '\n';
-    buf[n] = '\0';
-    message(buf);
-    return 1;
-}
-
-/* Blocks and chunks seen per class during one memalloc_check() walk. */
-static size_t seen_blocks[NUM_CLASSES], seen_chunks[NUM_CLASSES];
-
-void chunk_check_begin(void)
-{
-    memset(seen_blocks, 0, sizeof seen_blocks);
-    memset(seen_chunks, 0, sizeof seen_chunks);
-}
-
-int chunk_check_end(void)
-{
-    int bad = 0;
-    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
-        const struct size_class *sc = &memalloc_classes[cls];
-        for (unsigned i = 0; i < sc->parked; i++) {
-            unsigned n = 0;
-            for (void **q = sc->parked_list[i]; q && link_plausible(q); q = link_reveal(q, q[0])) {
-                void *meta;
-                if (++n > sc->parked_count[i] || ptr_lookup(q, &meta) != PTR_SMALL ||
-                    ((struct chunk *)meta)->cls != cls || !chunk_block_live(meta, q)) {
-                    struct chunk dummy = {.cls = cls};
-                    bad += chunk_complain("parked batch holds a bad block", &dummy);
-                    break;
-                }
-            }
-            if (n != sc->parked_count[i]) {
-                struct chunk dummy = {.cls = cls};
-                bad += chunk_complain("parked batch count is wrong", &dummy);
-            }
-        }
-        if (seen_blocks[cls] != sc->in_use || seen_chunks[cls] != sc->chunks) {
-            struct chunk dummy = {.cls = cls};
-            bad += chunk_complain("class totals differ from its chunks", &dummy);
-        }
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        struct size_class *sc = &memalloc_classes[c];
+        lock_init(&sc->lock);
+        size_t size = sc->size;
+        /* Blocks of power-of-two classes get their natural alignment (up to a
+         * page) by starting the data area at a multiple of it; that is what
+         * lets small aligned requests stay in the classes. */
+        size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
+        size_t data_off = round_up(CHUNK_HDR_SIZE, natural < 64 ? 64 : natural);
+        size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
+        size_t capacity = (units * UNIT - data_off) / size;
+        if (capacity > CHUNK_MAX_BLOCKS)
+            capacity = CHUNK_MAX_BLOCKS;
+        size_t align = lowest_bit(size) < lowest_bit(data_off) ? lowest_bit(size)
+                                                              : lowest_bit(data_off);
+        sc->units = (uint32_t)units;
+        sc->align = (uint32_t)align;
+        sc->data_off = (uint32_t)data_off;
+        sc->capacity = (uint32_t)capacity;
     }
-    return bad;
+    memalloc_free_key = (uintptr_t)os_random() | 1;
+    memalloc_link_secret = (uintptr_t)os_random();
 }
 
-/* Called by heap_check with every class lock and the heap lock held. */
-int chunk_check(struct chunk *c)
+/* In a fork child only the forking thread exists; the class locks it took
+ * in the prepare handler are made new. */
+void chunk_fork_child(void)
 {
-    if (c->cls >= NUM_CLASSES)
-        return chunk_complain("class out of range", c);
-    const struct size_class *sc = &memalloc_classes[c->cls];
-    seen_blocks[c->cls] += c->in_use;
-    seen_chunks[c->cls]++;
-    int bad = 0;
-    if (c->s.units != sc->units || c->size != sc->size || c->capacity != sc->capacity ||
-        c->data_off != sc->data_off || c->blocks != (uintptr_t)c + sc->data_off ||
-        c->inv != sc->inv || c->shift != sc->shift ||
-        c->bin != offsetof(struct tcache, bins[c->cls]))
-        bad += chunk_complain("header disagrees with its class", c);
-    if (c->in_use > c->carved || c->carved > c->capacity)
-        return bad + chunk_complain("counts out of range", c);
-    size_t bits = 0;
-    for (size_t i = 0; i < CHUNK_MAX_BLOCKS / 64; i++)
-        bits += (size_t)__builtin_popcountll(c->used_map[i]);
-    if (bits != c->in_use)
-        bad += chunk_complain("bitmap population differs from in_use", c);
-    for (size_t i = c->carved; i < c->capacity; i++)
-        if (bit_get(c->used_map, i))
-            return bad + chunk_complain("block past carved in use", c);
-    for (size_t w = 0; w < c->hint; w++)
-        if (c->used_map[w] != ~(uint64_t)0)
-            bad += chunk_complain("free block below the hint", c);
-    size_t purged = 0;
-    for (size_t pg = 0; pg < c->s.units * (UNIT / GRAIN); pg++) {
-        if (!bit_get(c->purged_map, pg))
-            continue;
-        purged++;
-        size_t lo = (pg * GRAIN - c->data_off) / c->size;
-        size_t hi = ((pg + 1) * GRAIN - 1 - c->data_off) / c->size;
-        if (hi >= c->capacity)
-            hi = c->capacity - 1;
-        if (pg * GRAIN < c->data_off || (lo <= hi && !all_free(c, lo, hi)))
-            bad += chunk_complain("purged page holds a block in use", c);
-    }
-    if (purged != c->purged)
-        bad += chunk_complain("purged page count is wrong", c);
-    if (c->purged_mask != purged_mask_for(c))
-        bad += chunk_complain("fast-path mask disagrees with the purged pages", c);
-    bool on_list = false;
-    for (const struct chunk *q = sc->cand; q; q = q->cand_next)
-        if (q == c)
-            on_list = true;
-    if (on_list != (c->listed != 0))
-        bad += chunk_complain("candidate list membership wrong", c);
-    bool on_partial = false;
-    for (const struct chunk *q = sc->partial; q; q = q->next)
-        if (q == c)
-            on_partial = true;
-    bool is_spare = sc->spare == c;
-    if (is_spare && c->in_use != 0)
-        bad += chunk_complain("spare chunk holds blocks", c);
-    if (!is_spare && on_partial != (c->in_use < c->capacity))
-        bad += chunk_complain("partial list membership wrong", c);
-    if (!is_spare && c->in_use == 0)
-        bad += chunk_complain("empty chunk neither spare nor released", c);
-    return bad;
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        lock_init(&memalloc_classes[c].lock);
 }

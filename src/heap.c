@@ -3,7 +3,7 @@
  * that tile them, free space and large blocks.  Everything here runs under
  * the one heap-top lock.
  *
- * Invariants (checked by heap_check):
+ * Invariants (check.c walks them):
  *   - every unit from the heap base to the top segment's end belongs to
  *     exactly one span, or to memory someone else took with sbrk (map NONE);
  *   - a span's prev_units is its lower neighbour's size, 0 for the first
@@ -18,50 +18,25 @@
 #include <errno.h>
 #include <string.h>
 
-#include "internal.h"
+#include "heap.h"
+#include "options.h"
 
 uint8_t memalloc_unit_map[MAP_UNITS] HIDDEN;
 uintptr_t memalloc_heap_base HIDDEN;
 uintptr_t memalloc_heap_limit HIDDEN;
 
-#define NUM_BINS 23                 /* floor(log2(units)) for up to 2^22 units */
-
 static pthread_mutex_t heap_mutex = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
-static struct {
-    uintptr_t seg_start;            /* first unit of the top segment */
-    uintptr_t seg_pad;              /* bytes below seg_start taken to align it */
-    uintptr_t end;                  /* end of the top segment */
-    struct span *top;               /* highest span of the top segment */
-    struct free_span *bins[NUM_BINS];
-    struct free_span *dirty;        /* binned spans that may hold resident pages */
-    size_t dirty_free;              /* sum of the free spans' dirty bytes */
-    size_t retain;                  /* twice the biggest large block freed */
-    size_t large_allocs;            /* large blocks ever handed out */
-    size_t dirty_base;              /* dirty_free as the last pass left it, plus
-                                     * the dirt retired chunks brought since */
-    uint64_t epoch;                 /* purge passes so far */
-    struct heap_stats st;
-} H;
+struct heap_state memalloc_heap HIDDEN;
+#define H memalloc_heap             /* this file's own state, short */
 
 void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
 void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
-int memalloc_pass_running HIDDEN;   /* a purge pass is under way, atomic */
-
-/* In a fork child the only thread left runs no pass: not even one the
- * fork interrupted, when a signal handler forked (the child may never
- * return into it).  It holds no lock either when the parent's prepare
- * handler took them all (relock), so they are made new. */
-void heap_fork_child(bool relock)
-{
-    if (relock)
-        lock_init(&heap_mutex);
-    memalloc_pass_running = 0;
-}
+/* In a fork child only the forking thread exists; the lock it took in the
+ * prepare handler is made new. */
+void heap_fork_child(void) { lock_init(&heap_mutex); }
 
 /* ---- span helpers ------------------------------------------------------- */
-
-static inline size_t span_bytes(const struct span *s) { return s->units << UNIT_SHIFT; }
 
 static inline struct span *span_after(const struct span *s)
 {
@@ -274,7 +249,6 @@ static struct span *new_segment(size_t units)
          * the bins and is still used. */
         H.top->flags |= SPAN_SEG_END;
     }
-    H.seg_start = aligned;
     H.seg_pad = pad;
     H.end = aligned + bytes;
     H.st.heap_bytes += bytes;
@@ -289,48 +263,25 @@ static struct span *new_segment(size_t units)
     return s;
 }
 
-/* The reservation is best made when the library is loaded: the process is
- * still single-threaded then (unless dlopen loads us), so no other
- * allocator is growing the break while it is placed, and glibc's malloc,
- * finding the break blocked, takes its memory with mmap (from its first
- * call, unless a constructor that ran earlier used it already) instead of
- * racing memalloc on the break.  Not needed for correctness: the first
- * growth reserves otherwise. */
-__attribute__((constructor)) static void reserve_at_load(void)
-{
-    ensure_init();
-    heap_lock();
-    raw_reserve();
-    heap_unlock();
-}
-
-/* sbrk and brk for the rest of the program.  The space above the break is
- * reserved (platform.c), so glibc's own versions would fail there; these
- * make room the same way memalloc does, under the heap lock, so that a
- * program's sbrk never races memalloc's.  What they hand out becomes a gap
+/* sbrk and brk for the rest of the program (api.c exports them): the space above the
+ * break is reserved (os.c), so glibc's own sbrk would fail there; this one
+ * makes room the same way memalloc does, under the heap lock, so that a
+ * program's sbrk never races memalloc's.  What it hands out becomes a gap
  * between memalloc's segments that memalloc never touches. */
-#define EXPORT __attribute__((visibility("default")))
-EXPORT void *sbrk(intptr_t delta)
+void *heap_sbrk(intptr_t delta)
 {
-    ensure_init();
     heap_lock();
     void *old = raw_sbrk(delta);
     heap_unlock();
     return old;
 }
 
-EXPORT int brk(void *addr)
+void *heap_brk(void *addr)
 {
-    ensure_init();
     heap_lock();
-    intptr_t delta = (intptr_t)((uintptr_t)addr - (uintptr_t)raw_break());
-    void *old = raw_sbrk(delta);
+    void *old = raw_sbrk((intptr_t)((uintptr_t)addr - (uintptr_t)raw_break()));
     heap_unlock();
-    if (old == (void *)-1) {
-        errno = ENOMEM;
-        return -1;
-    }
-    return 0;
+    return old;
 }
 
 /* Give the top span (free) back to the kernel, keeping `keep` bytes.  All
@@ -385,161 +336,35 @@ static size_t trim_threshold(void)
     return r > t ? r : t;
 }
 
-/* Free memory that may wait for a purge pass: the option, or 1/N of the
- * bytes in use (MEMALLOC_PURGE_SHARE, 16 by default) up to
- * 32 MiB if that is more, so that a big heap that shrinks and regrows does
- * not pay a madvise and fresh page faults on every cycle: with
- * MEMALLOC_PURGE_SHARE=0, bench/workloads/cache took 1.13 s instead of
- * 0.73 s (glibc 0.75 s in the same run).  Of what is in use, not of the heap:
- * a program that has freed nearly everything is held to the plain option.
- * Read without locks (it only steers when passes run); blocks in thread
- * caches count as in use. */
-#define PURGE_SHARE_CAP ((size_t)32 << 20)
-static size_t live_bytes(void)
+/* Give the pages of dirty free spans last used at or before sw->before
+ * back with madvise, keeping each span's header page; they read as zero
+ * afterwards. */
+void heap_sweep(struct sweep *sw)
 {
-    /* Counters written under their locks, read here without: relaxed
-     * atomic loads of aligned words, which only steer a heuristic. */
-    size_t live = __atomic_load_n(&H.st.large_in_use, __ATOMIC_RELAXED);
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
-        live += __atomic_load_n(&memalloc_classes[c].in_use, __ATOMIC_RELAXED) *
-                memalloc_classes[c].size;
-    return live;
-}
-
-static size_t threshold_for(size_t live)
-{
-    size_t t = (size_t)option(OPT_PURGE_THRESHOLD);
-    long div = option(OPT_PURGE_SHARE);
-    if (div <= 0)
-        return t;
-    size_t share = live / (size_t)div;
-    if (share > PURGE_SHARE_CAP)
-        share = PURGE_SHARE_CAP;
-    return share > t ? share : t;
-}
-
-/* Give the pages of dirty free spans back with madvise, keeping each
- * span's header page; they read as zero afterwards.  A pass spares what was
- * freed since the previous pass, which a program that shrinks and regrows
- * is about to reuse: only memory that stayed free for a whole pass interval
- * goes (a decay measured in purge passes, not seconds).  decay 0: every
- * span. */
-static bool purge_locked(unsigned decay)
-{
-    bool any = false;
     bool lazy = option(OPT_PURGE_LAZY) != 0;
-    H.epoch++;
+    heap_lock();
     for (struct free_span *f = H.dirty, *next; f; f = next) {
         next = f->dirty_next;
         size_t len = span_bytes(&f->s) - os_page();
-        if (len == 0 || f->dirty_since + decay >= H.epoch)
+        if (len == 0)
             continue;
+        if (f->dirty_since > sw->before) {
+            sw->spared += f->dirty;
+            if (f->dirty_since < sw->oldest)
+                sw->oldest = f->dirty_since;
+            continue;
+        }
         size_t done = os_purge((char *)f + os_page(), len, lazy);
         if (done == len) {
             H.st.released_madvise += len;
+            sw->purged += len;
+            sw->cleaned += f->dirty;
             H.dirty_free -= f->dirty;
             f->dirty = 0;
             dirty_del(f);
-            any = true;
         }
     }
-    return any;
-}
-
-/* ---- when to purge --------------------------------------------------------- */
-
-/* Memory that became purgeable since the last pass, in chunks (noted here
- * as chunks turn sparse) or as free spans (the growth of their dirt): one
- * count, so that free memory waiting for a pass is bounded by one threshold
- * whichever way it was freed. */
-static size_t dirty_pending;        /* atomic */
-static size_t next_look;            /* atomic: pending worth a look at the threshold */
-
-/* How many pass intervals memory must stay unused before a pass purges it
- * (MEMALLOC_PURGE_DECAY; 0, the default, adapts).  Adapting follows what
- * share of the purged chunk pages came back into use, each paying a page
- * fault: a program that frees a structure for good reuses none and gets
- * its memory back within a pass; one that shrinks and regrows reuses most,
- * and the decay grows so that it stops paying for purges it undoes.  The
- * totals halve every 256 MiB purged, so old behaviour fades.  Called by
- * the one thread running a pass. */
-#define MAX_DECAY 16
-static unsigned decay_for_pass(void)
-{
-    long fixed = option(OPT_PURGE_DECAY);
-    if (fixed > 0)
-        return (unsigned)fixed;
-    static size_t purged_seen, reused_seen, p, r;
-    size_t purged = chunk_purged_bytes(), reused = chunk_reused_bytes();
-    p += purged - purged_seen;
-    r += reused - reused_seen;
-    purged_seen = purged;
-    reused_seen = reused;
-    if (p > ((size_t)256 << 20)) {
-        p /= 2;
-        r /= 2;
-    }
-    if (r >= p / 2 && r > 0)
-        return MAX_DECAY;
-    if (r >= p / 4 && r > 0)
-        return MAX_DECAY / 4;
-    return 1;
-}
-
-void purge_note(size_t bytes)
-{
-    __atomic_add_fetch(&dirty_pending, bytes, __ATOMIC_RELAXED);
-}
-
-/* Called with no lock held.  A pass spares memory freed or used since the
- * previous pass, which the program may be about to reuse.  The threshold
- * costs a walk over the classes, so it is looked at
- * again only when pending has covered half the distance to it. */
-void purge_maybe(void)
-{
-    /* Free spans count by how much their dirt grew since the last pass, so
-     * that a large block freed and taken again and again adds nothing; the
-     * dirt of retired chunks, which chunk.c noted, is in the base. */
-    size_t dirty = __atomic_load_n(&H.dirty_free, __ATOMIC_RELAXED);
-    size_t base = __atomic_load_n(&H.dirty_base, __ATOMIC_RELAXED);
-    size_t pending = __atomic_load_n(&dirty_pending, __ATOMIC_RELAXED) +
-                     (dirty > base ? dirty - base : 0);
-    if (likely(pending < __atomic_load_n(&next_look, __ATOMIC_RELAXED) ||
-               pending < (size_t)option(OPT_PURGE_THRESHOLD)))
-        return;
-    size_t live = live_bytes();
-    size_t threshold = threshold_for(live);
-    if (pending < threshold) {
-        __atomic_store_n(&next_look, pending + (threshold - pending) / 2 + GRAIN,
-                         __ATOMIC_RELAXED);
-        return;
-    }
-    /* Acquire, and the release that ends the pass: the pass's own state
-     * (the decay's totals, allocs_at_pass) passes from one pass to the
-     * next, whichever threads run them. */
-    if (__atomic_exchange_n(&memalloc_pass_running, 1, __ATOMIC_ACQUIRE))
-        return;
-    /* Take what this pass answers for in one exchange: additions made
-     * after it belong to the next pass and are not lost. */
-    __atomic_exchange_n(&dirty_pending, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&next_look, 0, __ATOMIC_RELAXED);
-    /* A program that allocated nothing since the last pass, and does not
-     * reuse what passes purge, is freeing for good, and the last of it
-     * would otherwise wait for a pass that may never come: spare nothing. */
-    static size_t allocs_at_pass;
-    size_t allocs = __atomic_load_n(&H.large_allocs, __ATOMIC_RELAXED);
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
-        allocs += __atomic_load_n(&memalloc_classes[c].refills, __ATOMIC_RELAXED);
-    unsigned decay = decay_for_pass();
-    if (decay == 1 && allocs == allocs_at_pass)
-        decay = 0;
-    allocs_at_pass = allocs;
-    chunk_purge_pass(decay);
-    heap_lock();
-    purge_locked(decay);
-    H.dirty_base = H.dirty_free;
     heap_unlock();
-    __atomic_store_n(&memalloc_pass_running, 0, __ATOMIC_RELEASE);
 }
 
 /* Merged dirt is as old as its oldest part, so it is purged no later. */
@@ -554,12 +379,12 @@ static void merge_dirt(struct free_span *into, const struct free_span *from)
  * free neighbours, and either file it in a bin or, when it ends up on top
  * and big enough, give it back to the kernel.  Free space in the middle is
  * purged once the dirty total passes the purge threshold. */
-static void release_locked(struct span *s, size_t dirty)
+static void release_locked(struct span *s, size_t dirty, uint64_t since)
 {
     struct free_span *f = (struct free_span *)s;
     s->kind = SPAN_FREE;
     f->dirty = dirty;
-    f->dirty_since = H.epoch;
+    f->dirty_since = since;
     struct span *n = span_after(s);
     if (n && n->kind == SPAN_FREE) {
         bin_remove(n);
@@ -601,7 +426,7 @@ static size_t purged_dirty(const struct span *s)
 /* A span that was in use is all dirty. */
 static void release_used(struct span *s)
 {
-    release_locked(s, span_bytes(s));
+    release_locked(s, span_bytes(s), os_now_ms());
 }
 
 static size_t pad_units(void)
@@ -617,14 +442,17 @@ static size_t pad_units(void)
 static struct span *alloc_locked(size_t units, size_t *dirty)
 {
     struct span *s = bin_find(units);
+    uint64_t since = 0;             /* of the dirt a split leaves free */
     if (s) {
         bin_remove(s);
         *dirty = purged_dirty(s);
+        since = ((struct free_span *)s)->dirty_since;
     } else if (H.top && H.top->kind == SPAN_FREE &&
                extend_top((units - H.top->units) << UNIT_SHIFT)) {
         s = H.top;
         bin_remove(s);
         *dirty = purged_dirty(s);
+        since = ((struct free_span *)s)->dirty_since;
         s->units = units;
     } else if (H.top && H.top->kind != SPAN_FREE &&
                extend_top((units + pad_units()) << UNIT_SHIFT)) {
@@ -648,14 +476,16 @@ static struct span *alloc_locked(size_t units, size_t *dirty)
     publish_end();
     s->kind = SPAN_LARGE;           /* before splitting: the rest must not merge back */
     if (s->units > units) {
+        /* The rest stays as idle as the span was: its age goes with it. */
         size_t used = units << UNIT_SHIFT;
         size_t rest_dirty = *dirty > used ? *dirty - used : 0;
-        release_locked(split(s, units), rest_dirty);
+        release_locked(split(s, units), rest_dirty, since);
     }
     return s;
 }
 
 /* ---- spans for chunks (chunk.c) ---------------------------------------- */
+
 
 struct span *heap_alloc_span(size_t units, bool *fresh)
 {
@@ -667,17 +497,16 @@ struct span *heap_alloc_span(size_t units, bool *fresh)
     return s;
 }
 
-/* The caller (a chunk being retired) has already cleared its map entries
- * beyond the first unit. */
-/* A span given back by chunk.c, `dirty` of its bytes possibly resident
- * (its purged pages are not).  Any nonzero amount makes the whole span
- * count as dirty for calloc; the amount steers purge passes. */
+/* A span given back by chunk.c, which has cleared its map entries beyond
+ * the first unit, `dirty` of its bytes possibly resident (its purged pages
+ * are not).  Any nonzero amount makes the whole span count as dirty for
+ * calloc; the amount steers purge passes. */
 void heap_free_span(struct span *s, size_t dirty)
 {
     heap_lock();
     dirty = dirty ? dirty : GRAIN;
-    release_locked(s, dirty);
-    H.dirty_base += dirty;          /* chunk.c noted it already */
+    release_locked(s, dirty, os_now_ms());
+    H.chunk_dirt += dirty;          /* chunk.c counted it already */
     heap_unlock();
 }
 
@@ -760,7 +589,6 @@ void large_free(struct large_block *b, const void *p, const char *func)
         H.retain = 2 * span_bytes(&b->s);
     release_used(&b->s);
     heap_unlock();
-    purge_maybe();
 }
 
 /* Grow or shrink b without moving it: shrink by freeing whole units at its
@@ -808,19 +636,16 @@ bool large_resize_in_place(struct large_block *b, size_t size)
         H.st.large_in_use -= before;
     }
     heap_unlock();
-    purge_maybe();
     return ok;
 }
 
-/* ---- trimming, statistics, checking ------------------------------------- */
+/* ---- trimming and statistics ------------------------------------------- */
 
-int heap_trim(size_t pad)
+/* malloc_trim: give back the free top, keeping pad bytes. */
+bool heap_shrink(size_t pad)
 {
     heap_lock();
     bool released = shrink_top(pad);
-    /* Free space below the top cannot go back with sbrk: madvise it. */
-    released |= purge_locked(0);
-    H.dirty_base = H.dirty_free;
     heap_unlock();
     return released;
 }
@@ -830,126 +655,4 @@ void heap_get_stats(struct heap_stats *st)
     heap_lock();
     *st = H.st;
     heap_unlock();
-    st->released_madvise += chunk_purged_bytes();
-}
-
-static int complain(const char *what, const void *where)
-{
-    char buf[160];
-    size_t n = 0;
-    const char *head = "memalloc_check: ";
-    memcpy(buf, head, strlen(head));
-    n = strlen(head);
-    size_t len = strlen(what);
-    if (len > 100)
-        len = 100;
-    memcpy(buf + n, what, len);
-    n += len;
-    buf[n++] = ' ';
-    buf[n++] = '@';
-    n += fmt_unsigned(buf + n, (uintptr_t)where - memalloc_heap_base);
-    buf[n++] = '\n';
-    buf[n] = '\0';
-    message(buf);
-    return 1;
-}
-
-
-
-int heap_check(void)
-{
-    int bad = 0;
-    size_t free_spans = 0, free_bytes = 0, large = 0, large_bytes = 0;
-    if (!memalloc_heap_base || H.end < memalloc_heap_base)
-        return 0;                   /* no segment yet */
-    size_t end_u = unit_index(H.end);
-    const struct span *prev = NULL;
-    for (size_t u = 0; u < end_u;) {
-        uint8_t m = memalloc_unit_map[u];
-        if (m == MAP_NONE) {            /* another party's memory, or a pad */
-            if (prev && !(prev->flags & SPAN_SEG_END))
-                bad += complain("segment ends without SEG_END", prev);
-            prev = NULL;
-            u++;
-            continue;
-        }
-        struct span *s = (struct span *)unit_addr(u);
-        if (m != MAP_SPAN && m != MAP_SMALL)
-            bad += complain("map points into the middle of a chunk", s);
-        if (s->units == 0 || u + s->units > end_u)
-            return bad + complain("span size out of range", s);
-        if (s->prev_units != (prev ? prev->units : 0))
-            bad += complain("prev_units does not match", s);
-        switch (s->kind) {
-        case SPAN_FREE:
-            if (prev && prev->kind == SPAN_FREE)
-                bad += complain("two free spans adjacent", s);
-            free_spans++;
-            free_bytes += span_bytes(s);
-            break;
-        case SPAN_LARGE: {
-            const struct large_block *b = (const struct large_block *)s;
-            if (b->user_off < LARGE_HDR || b->user_off > UNIT ||
-                b->user_off + b->requested > span_bytes(s))
-                bad += complain("large block header inconsistent", s);
-            large++;
-            large_bytes += span_bytes(s);
-            break;
-        }
-        case SPAN_CHUNK:
-            bad += chunk_check((struct chunk *)s);
-            break;
-        default:
-            return bad + complain("unknown span kind", s);
-        }
-        for (size_t k = 1; k < s->units; k++) {
-            uint8_t want = s->kind == SPAN_CHUNK ? (uint8_t)(MAP_SMALL | k) : MAP_NONE;
-            if (memalloc_unit_map[u + k] != want) {
-                bad += complain("map disagrees with span interior", s);
-                break;
-            }
-        }
-        bool last = u + s->units == end_u;
-        if (last && s != H.top && !(s->flags & SPAN_SEG_END))
-            bad += complain("top span is not the highest span", s);
-        prev = (s->flags & SPAN_SEG_END) ? NULL : s;
-        u += s->units;
-    }
-    size_t binned = 0, binned_bytes = 0, dirty = 0;
-    for (unsigned b = 0; b < NUM_BINS; b++)
-        for (struct free_span *f = H.bins[b]; f; f = f->next) {
-            if (f->s.kind != SPAN_FREE || bin_of(f->s.units) != b)
-                bad += complain("bin holds a wrong span", f);
-            if (f->dirty > span_bytes(&f->s))
-                bad += complain("free span more dirty than big", f);
-            dirty += f->dirty;
-            binned++;
-            binned_bytes += span_bytes(&f->s);
-            if (binned > free_spans + 1)
-                return bad + complain("bin list longer than free spans (cycle?)", f);
-        }
-    if (binned != free_spans || binned_bytes != free_bytes || free_bytes != H.st.free_bytes)
-        bad += complain("free spans and bins disagree", (void *)memalloc_heap_base);
-    size_t listed = 0;
-    for (struct free_span *f = H.dirty; f && listed <= binned; f = f->dirty_next) {
-        listed++;
-        if (f->s.kind != SPAN_FREE || f->dirty == 0)
-            bad += complain("dirty list holds a clean or used span", f);
-    }
-    size_t dirty_spans = 0;
-    for (unsigned b = 0; b < NUM_BINS; b++)
-        for (struct free_span *f = H.bins[b]; f; f = f->next)
-            dirty_spans += f->dirty != 0;
-    if (listed != dirty_spans)
-        bad += complain("dirty list length differs from the dirty spans", (void *)memalloc_heap_base);
-    if (dirty != H.dirty_free)
-        bad += complain("dirty free total disagrees with the spans", (void *)memalloc_heap_base);
-    if (large != H.st.large_blocks || large_bytes != H.st.large_in_use)
-        bad += complain("large block statistics disagree", (void *)memalloc_heap_base);
-    if (H.top && (uintptr_t)H.top + span_bytes(H.top) != H.end)
-        bad += complain("top span does not end at the heap end", H.top);
-    for (size_t u = end_u; u < unit_index(memalloc_heap_limit); u++)
-        if (memalloc_unit_map[u] != MAP_NONE)
-            return bad + complain("map entry above the heap end", (void *)unit_addr(u));
-    return bad;
 }

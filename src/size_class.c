@@ -1,13 +1,12 @@
 /*
- * size_class.c - the table of small size classes: block size, chunk size,
- * block alignment, the inverse used to turn a block offset into an index
- * without a division, and the table from request size to class.
+ * size_class.c - the table of small size classes: each block size, the
+ * inverse used to turn a block offset into an index without a division,
+ * and the table from request size to class.  Chunk geometry is chunk.c's.
  *
  * Invariants: sizes are multiples of 16 and strictly increasing;
- * size_to_class(n) is the smallest class whose size is >= n; every block
- * of class c is aligned to classes[c].align (at least 16).
+ * size_to_class(n) is the smallest class whose size is >= n.
  */
-#include "internal.h"
+#include "size_class.h"
 
 struct size_class memalloc_classes[NUM_CLASSES] HIDDEN;
 
@@ -37,33 +36,13 @@ size_t class_size_formula(unsigned cls)
     return base + (base / 8) * (cls % 8 + 1);
 }
 
-static size_t lowest_bit(size_t v) { return v & -v; }
-
-static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
-/* Runs once, from lazy_init(), before any class is used; the tables it fills
+/* Runs once, from init.c, before any class is used; the tables it fills
  * depend on nothing but constants, so a racing second call is harmless. */
 void classes_init(void)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         struct size_class *sc = &memalloc_classes[c];
         size_t size = class_size_formula(c);
-        /* Blocks of power-of-two classes get their natural alignment (up to a
-         * page) by starting the data area at a multiple of it; that is what
-         * lets small aligned requests stay in the classes. */
-        size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
-        size_t data_off = round_up(CHUNK_HDR_SIZE, natural < 64 ? 64 : natural);
-        size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
-        size_t capacity = (units * UNIT - data_off) / size;
-        if (capacity > CHUNK_MAX_BLOCKS)
-            capacity = CHUNK_MAX_BLOCKS;
-        size_t align = lowest_bit(size) < lowest_bit(data_off) ? lowest_bit(size)
-                                                              : lowest_bit(data_off);
-        sc->size = (uint32_t)size;
-        sc->units = (uint32_t)units;
-        sc->align = (uint32_t)align;
-        sc->data_off = (uint32_t)data_off;
-        sc->capacity = (uint32_t)capacity;
         /* size = odd * 2^shift.  x * inv == x / odd modulo 2^64 whenever
          * odd divides x, and lands above (2^64 - 1) / odd otherwise
          * (Granlund and Montgomery); rotating right by shift does the
@@ -73,6 +52,7 @@ void classes_init(void)
         uint64_t odd = size >> shift, inv = odd;    /* right to 3 bits: odd*odd == 1 mod 8 */
         for (int i = 0; i < 5; i++)
             inv *= 2 - odd * inv;
+        sc->size = (uint32_t)size;
         sc->shift = shift;
         sc->inv = inv;
     }

@@ -12,21 +12,24 @@
  */
 #define _GNU_SOURCE
 #include <string.h>
-#include <sys/auxv.h>
 
 #include "tcache.h"
+#include "options.h"
+#include "purge.h"
 
 struct tcache memalloc_tc_none HIDDEN;    /* every bin empty, max 0 */
 __thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN =
     &memalloc_tc_none;
-uintptr_t memalloc_tc_key HIDDEN;
-uintptr_t memalloc_link_secret HIDDEN;
 
-enum { TC_NONE, TC_CREATING, TC_LIVE, TC_DEAD };
-static __thread int tc_state __attribute__((tls_model("initial-exec")));
+/* The thread's own cache, or where the thread stands without one: none
+ * yet, being created (its allocations go straight to the classes), or
+ * gone (the thread is exiting).  memalloc_tc is the hot path's view. */
+#define TC_NONE ((struct tcache *)0)
+#define TC_CREATING ((struct tcache *)1)
+#define TC_DEAD ((struct tcache *)2)
 static __thread struct tcache *tc_own __attribute__((tls_model("initial-exec")));
 
-struct tcache *tcache_current(void) { return tc_own; }
+struct tcache *tcache_current(void) { return tc_own > TC_DEAD ? tc_own : NULL; }
 
 static pthread_key_t exit_key;
 static bool exit_key_ok;
@@ -41,37 +44,10 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
  * the program holds more of the class at once than that, doubles its limit,
  * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
  * many operations again.  Growth past the starting limits is capped at
- * 256 KiB per thread, summed over its bins: a thread that churns a few
- * classes gets big bins for them, and a program whose threads each churn
- * dozens of classes does not pay up to 64 KiB for every one of them in
- * every thread.  (A soft cap: a refill that receives a whole parked batch
- * from another thread's bigger bin keeps it, raising the bin's limit to
- * fit, without asking.)  One A/B run of bench/workloads/pipeline (5
- * threads, ~30 classes) peaked at 18.0 MB with uncapped growth, 16.0 MB
- * with this cap and 14.8 MB with 8 KiB bins capped at 128 KiB, its time the
- * same in all three.  In an A/B run of bench/micro (with the plain mutexes
- * of the time) the 8 KiB setting made producer/consumer at 2 threads 2.4x
- * and the batch cases of 1,000 blocks 1.3-1.7x slower; this cap left the
- * batch cases as they were and producer/consumer 1.7x slower.
- *
- * The other way round, a bin that flushed COLLAPSE_BATCHES batches (or
- * COLLAPSE_BYTES, if that is fewer batches of a big class) without a
- * refill of its own, while no thread refilled the class either, serves a
- * thread that only frees that class and nobody wants the blocks back:
- * caching them buys nothing and pins a block in every chunk they came
- * from, which keeps whole chunks from going back to the heap after a
- * program frees a big structure.  Such a bin collapses: its class's parked
- * batches go back to their chunks, and the bin keeps only an eighth of its
- * usual limit (1 to 8 blocks), flushed whole each time it fills, until a
- * refill of the bin or of the class by another thread turns it back.  This
- * bounds what a thread that only frees keeps pinned to 1-8 blocks per
- * class instead of up to 64.  (Since purging reaches inside chunks and
- * unwanted batches are no longer parked, bench/workloads/footprint and
- * bench/micro's batch cases measure the same with and without it.) */
-#define COLLAPSE_BATCHES 16
-#define COLLAPSE_BYTES ((size_t)128 << 10)
-#define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
-
+ * 256 KiB per thread, summed over its bins, so that a program whose threads
+ * each churn dozens of classes does not pay up to 64 KiB for every one of
+ * them in every thread.  (A soft cap: a refill that receives a whole parked
+ * batch from another thread's bigger bin keeps it.) */
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
     if (cls >= TC_CLASSES)
@@ -85,19 +61,12 @@ static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 #define THREAD_GROWTH_BYTES ((size_t)256 << 10)
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, BIN_START_BYTES, 64); }
 static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, BIN_CAP_BYTES, BIN_MOST); }
-static uint16_t bin_collapsed(unsigned cls)
-{
-    uint16_t n = bin_max(cls) / 8;
-    return n < 1 ? 1 : n > 8 ? 8 : n;
-}
 
 /* ---- batches ---------------------------------------------------------------- */
 
 void *tcache_refill(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
-    if (b->flushed == COLLAPSED)
-        b->max = bin_max(cls);
     void *list;
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
@@ -129,6 +98,7 @@ static void flush(struct tcache *t, unsigned cls, uint32_t n, bool park)
     chunk_free_batch(cls, list, n, park);
 }
 
+/* Every bin back to the classes; the caller looks for a purge. */
 void tcache_flush_all(struct tcache *t)
 {
     for (unsigned c = 0; c < TC_CLASSES; c++)
@@ -204,7 +174,8 @@ static size_t grown_bytes(const struct tcache *t)
     return n;
 }
 
-/* Bin cls is full: make room, grow the bin, or collapse it. */
+/* Bin cls is full: grow it, or flush half of it, parked for another
+ * thread's refill if some thread refilled the class meanwhile. */
 static void make_room(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
@@ -216,59 +187,31 @@ static void make_room(struct tcache *t, unsigned cls)
         return;
     }
     bool wanted = class_wanted(t, cls);
-    uint32_t batch = b->max / 2 ? b->max / 2 : 1;
-    flush(t, cls, batch, wanted);
-    size_t batch_bytes = (size_t)batch * memalloc_classes[cls].size;
-    uint16_t enough = COLLAPSE_BYTES / batch_bytes < COLLAPSE_BATCHES
-                          ? (uint16_t)(COLLAPSE_BYTES / batch_bytes + 1) : COLLAPSE_BATCHES;
-    if (!wanted && b->flushed >= enough) {
-        flush(t, cls, b->count, false);
-        b->max = bin_collapsed(cls);
-        b->flushed = COLLAPSED;
-        chunk_unpark(cls);
-        return;
-    }
-    if (wanted)                     /* only batches in a row that nobody wanted count */
-        b->flushed = 1;
-    else if (b->flushed < COLLAPSE_BATCHES)
-        b->flushed++;
-}
-
-/* A free into a full collapsed bin: the stash goes back to the chunks
- * whole, and the bin turns back to normal if some thread refilled the
- * class meanwhile (a refill of this bin does that by itself). */
-static void collapsed_flush(struct tcache *t, unsigned cls)
-{
-    struct tbin *b = &t->bins[cls];
-    flush(t, cls, b->count, false);
-    if (class_wanted(t, cls)) {
-        b->max = bin_max(cls);
-        b->flushed = 1;
-    }
+    flush(t, cls, b->max / 2 ? b->max / 2 : 1, wanted);
+    b->flushed = 1;
+    if (!wanted)
+        purge_maybe();
 }
 
 /* Every small free that the hot path did not finish: t may be NULL (no
  * cache in this thread), p may be anything inside a chunk.  The hot path
- * gives up on full or collapsed bins and on blocks whose page was purged,
+ * gives up on full bins and on blocks whose page was purged,
  * where the free key may be gone; here the hot path's checks are tried
  * again and, where they cannot tell, the chunk's bitmap decides. */
 void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
 {
-    if (((void **)p)[1] == (void *)memalloc_tc_key && tcache_holds(p))
+    if (((void **)p)[1] == (void *)memalloc_free_key && tcache_holds(p))
         fatal_pointer(func, "double free", p);
     struct tbin *b = NULL;
     if (t && c->cls < TC_CLASSES && c->s.kind == SPAN_CHUNK &&
         (tcache_block_plausible(c, p) || chunk_block_live(c, p))) {
         b = &t->bins[c->cls];
-        if (b->count >= b->max) {
-            if (b->flushed == COLLAPSED)
-                collapsed_flush(t, c->cls);
-            else
-                make_room(t, c->cls);
-        }
+        if (b->count >= b->max)
+            make_room(t, c->cls);
     }
     if (!b) {                       /* uncached class, or not a live block */
         chunk_free(c, p, func);
+        purge_maybe();
         return;
     }
     long perturb = option(OPT_PERTURB);
@@ -298,52 +241,32 @@ static void list_remove(struct tcache *t)
 static void thread_exit(void *arg)
 {
     struct tcache *t = arg;
-    tc_state = TC_DEAD;             /* later frees and mallocs bypass caches */
+    tc_own = TC_DEAD;               /* later frees and mallocs bypass caches */
     memalloc_tc = &memalloc_tc_none;
-    tc_own = NULL;
     list_remove(t);
     tcache_flush_all(t);
     void *meta;
     if (ptr_lookup(t, &meta) == PTR_SMALL)
         chunk_free(meta, t, "free");
+    purge_maybe();
 }
 
-/* A one-way mix of 64 bits (the splitmix64 finaliser): what memalloc
- * stores in free blocks must not give away AT_RANDOM's bytes, which glibc
- * uses as the stack canary and the pointer guard. */
-static uint64_t mix(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
+/* Without a key a cache could never be handed back at thread exit: then
+ * there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
 void tcache_init(void)
 {
-    uint64_t half[2] = {0, 0};
-    const void *rnd = (const void *)getauxval(AT_RANDOM);
-    if (rnd)
-        memcpy(half, rnd, sizeof half);     /* AT_RANDOM is not aligned */
-    uint64_t seed = half[0] ^ mix(half[1] ^ (uintptr_t)&exit_key);
-    /* Never a plausible pointer or zero, whatever AT_RANDOM held.  The key
-     * is readable in every free block; the link secret is not derived from
-     * it. */
-    memalloc_tc_key = (uintptr_t)mix(seed ^ 0x6b6579) | 1;
-    memalloc_link_secret = (uintptr_t)mix(seed ^ 0x6c696e6b);
-    /* Without a key a cache could never be handed back at thread exit:
-     * then there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
     exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
 }
 
 struct tcache *tcache_create(void)
 {
-    if (tc_state != TC_NONE || !option(OPT_TCACHE) || !exit_key_ok)
+    if (tc_own != TC_NONE || !option(OPT_TCACHE) || !exit_key_ok)
         return NULL;
-    tc_state = TC_CREATING;
+    tc_own = TC_CREATING;
     bool zeroed;
     struct tcache *t = chunk_alloc(size_to_class(sizeof *t), &zeroed);
     if (!t) {
-        tc_state = TC_NONE;
+        tc_own = TC_NONE;
         return NULL;
     }
     memset(t, 0, sizeof *t);
@@ -363,12 +286,11 @@ struct tcache *tcache_create(void)
         void *meta;
         if (ptr_lookup(t, &meta) == PTR_SMALL)
             chunk_free(meta, t, "free");
-        tc_state = TC_DEAD;
+        tc_own = TC_DEAD;
         return NULL;
     }
     tc_own = t;
     memalloc_tc = option(OPT_PERTURB) ? &memalloc_tc_none : t;
-    tc_state = TC_LIVE;
     return t;
 }
 
@@ -378,7 +300,7 @@ struct tcache *tcache_create(void)
 void tcache_fork_child(void)
 {
     pthread_mutex_init(&list_mutex, NULL);
-    all_caches = tc_own;
+    all_caches = tcache_current();
     if (all_caches)
         all_caches->next = all_caches->prev = NULL;
 }
@@ -408,33 +330,4 @@ size_t tcache_cached_blocks(unsigned cls)
         n += own + (cls < TC_CLASSES ? __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED) : 0);
     tcache_list_unlock();
     return n;
-}
-
-/* The calling thread's cache: counts match the lists, every block is a
- * valid in-use block of the bin's class.  Other threads' caches are moving
- * under us and are not walked. */
-int tcache_check_own(void)
-{
-    struct tcache *t = tc_own;
-    int bad = 0;
-    if (!t)
-        return 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++) {
-        uint32_t n = 0;
-        for (void **p = t->bins[c].head; p; p = link_reveal(p, p[0])) {
-            void *meta;
-            if (++n > t->bins[c].max || ptr_lookup(p, &meta) != PTR_SMALL ||
-                ((struct chunk *)meta)->cls != c || p[1] != (void *)memalloc_tc_key ||
-                !chunk_block_live(meta, p)) {
-                message("memalloc_check: thread cache holds a bad block\n");
-                bad++;
-                break;
-            }
-        }
-        if (n != t->bins[c].count) {
-            message("memalloc_check: thread cache count is wrong\n");
-            bad++;
-        }
-    }
-    return bad;
 }

@@ -7,7 +7,7 @@
  * Invariants:
  *   - a cached block is a small block whose chunk bit says "in use" (the
  *     pool sees it as handed out); bins[c] holds blocks of class c only;
- *   - a free block, cached or in its chunk, carries memalloc_tc_key in its
+ *   - a free block, cached or in its chunk, carries memalloc_free_key in its
  *     second word unless its page is purged (then the chunk's purged_mask
  *     says so); a block handed out has that word cleared.  A free of a block
  *     that still carries the key, or whose page's mask bit is set, goes to
@@ -18,7 +18,7 @@
 #ifndef MEMALLOC_TCACHE_H
 #define MEMALLOC_TCACHE_H
 
-#include "internal.h"
+#include "chunk.h"
 
 /* Classes up to 32 KiB are cached; bigger blocks are rare enough that the
  * class lock is cheap next to touching the memory. */
@@ -32,15 +32,16 @@ struct tbin {
     void *head;
     uint32_t count;
     uint16_t max;                   /* blocks the bin may hold now */
-    uint16_t flushed;               /* unwanted batches flushed in a row since the
-                                     * last refill; COLLAPSED (tcache.c): collapsed */
+    uint16_t flushed;               /* overflowed since the last refill */
 };
 
 struct tcache {
-    struct tbin bins[TC_BINS];
+    struct tbin bins[TC_BINS];      /* first: a chunk finds its bin at cls * TBIN_BYTES */
     uint32_t seen_refills[TC_CLASSES];  /* class refill counts last seen */
     struct tcache *next, *prev;     /* all live caches, under the list lock */
 };
+_Static_assert(sizeof(struct tbin) == TBIN_BYTES && offsetof(struct tcache, bins) == 0,
+               "chunk.h's bin offsets");
 
 /* This thread's cache as the hot path sees it: an always-empty cache with
  * no room (memalloc_tc_none) while the thread has none, and also while
@@ -49,7 +50,6 @@ struct tcache {
 extern __thread struct tcache *memalloc_tc
     __attribute__((tls_model("initial-exec"))) HIDDEN;
 extern struct tcache memalloc_tc_none HIDDEN;
-extern uintptr_t memalloc_tc_key HIDDEN;
 
 /* ---- hot path ------------------------------------------------------------ */
 
@@ -83,7 +83,7 @@ static inline bool tcache_block_plausible(const struct chunk *c, const void *p)
      * aarch64 included. */
     uintptr_t key = __atomic_load_n(&((const uintptr_t *)p)[1], __ATOMIC_ACQUIRE);
     uint64_t purged = __atomic_load_n(&c->purged_mask, __ATOMIC_RELAXED);
-    return likely(!((purged >> ((a / GRAIN) & 63)) & 1) && key != memalloc_tc_key);
+    return likely(!((purged >> ((a / GRAIN) & 63)) & 1) && key != memalloc_free_key);
 }
 
 /* The bin p may go into: p is a valid small block of a cached class, does
@@ -112,7 +112,7 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
     if (unlikely(!tcache_block_plausible(c, p)))
         return NULL;
-    struct tbin *b = (struct tbin *)((char *)t + c->bin);  /* &t->bins[c->cls] */
+    struct tbin *b = (struct tbin *)((char *)t + c->bin);  /* &t->bins[c->cls], one add */
     if (unlikely(b->count >= b->max))
         return NULL;
     return b;
@@ -121,7 +121,7 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
 static inline void tbin_push(struct tbin *b, void *p)
 {
     void **q = p;
-    q[1] = (void *)memalloc_tc_key;
+    q[1] = (void *)memalloc_free_key;
     q[0] = link_hide(q, b->head);
     b->head = q;
     b->count++;
@@ -141,6 +141,5 @@ HIDDEN size_t tcache_count(void);
 HIDDEN void tcache_list_lock(void);
 HIDDEN void tcache_list_unlock(void);
 HIDDEN void tcache_fork_child(void);
-HIDDEN int tcache_check_own(void);
 
 #endif /* MEMALLOC_TCACHE_H */

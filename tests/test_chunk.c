@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
 
 #define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */

@@ -19,12 +19,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
 #include "check.h"
 
-/* Free 256 KiB blocks below a pinned one, with an allocation between the
- * frees so that the decay lets each pass purge the previous free. */
+/* Free 256 KiB blocks below a pinned one; with no delay each pass purges
+ * what the frees left. */
 static size_t madvised_by_frees(void)
 {
     struct memalloc_stats before, after;
@@ -50,7 +50,7 @@ int main(void)
     memalloc_free(memalloc_malloc(1));          /* initialise */
     memalloc_options[OPT_PURGE_THRESHOLD] = 0;  /* a pass on every free */
     memalloc_options[OPT_PURGE_SHARE] = 0;
-    memalloc_options[OPT_PURGE_DECAY] = 1;
+    memalloc_options[OPT_PURGE_DELAY] = 0;
     CHECK(madvised_by_frees() > 0, "setup: the frees gave nothing back with madvise");
 
     __atomic_store_n(&memalloc_pass_running, 1, __ATOMIC_RELEASE);

@@ -30,7 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
 
 #define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */
@@ -62,7 +62,12 @@ static void *large(size_t units)
     return p;
 }
 
-static void lfree(void *p) { large_free(hdr_of(p), p, "free"); }
+/* As free() does it: the block, then a look at whether a purge pass is due. */
+static void lfree(void *p)
+{
+    large_free(hdr_of(p), p, "free");
+    purge_maybe();
+}
 
 static size_t free_bytes(void)
 {
@@ -385,30 +390,36 @@ static void phase_foreign(void)
 
 /* ---- 6: the whole heap given back ------------------------------------------- */
 
-/* ---- 6: purging free space in the middle, with decay ---------------------- */
+/* ---- 6: purging free space in the middle, after the delay ----------------- */
 
-static bool span_pages_zero(const void *span, size_t units)
+/* When the oldest dirt on the heap's free spans was freed (UINT64_MAX: there
+ * is none), read under the heap lock. */
+static uint64_t oldest_dirt(void)
 {
-    const unsigned char *p = (const unsigned char *)span + os_page();
-    for (size_t i = 0; i < units * U - os_page(); i += 512)
-        if (p[i] != 0)
-            return false;
-    return true;
+    uint64_t oldest = UINT64_MAX;
+    heap_lock();
+    for (const struct free_span *f = memalloc_heap.dirty; f; f = f->dirty_next)
+        if (span_bytes(&f->s) > os_page() && f->dirty_since < oldest)
+            oldest = f->dirty_since;
+    heap_unlock();
+    return oldest;
 }
 
 /* Free space below the top is madvised only once the memory freed since the
- * last pass passes the purge threshold.  While the program's use of memory
- * is not shrinking, a pass spares what was freed since the previous pass: a
- * span goes at the second pass after it was freed.  Once it shrinks, a pass
- * takes everything.  Purged pages read as zero, which calloc relies on. */
+ * last pass passes the purge threshold.  While the program keeps
+ * allocating, a pass spares what was freed within the purge delay; once it
+ * only frees, a pass takes everything.  Purged pages read as zero, which
+ * calloc relies on. */
 static void phase_purge(void)
 {
     if (UNDER_VALGRIND())           /* its ~8 MiB break cannot hold enough passes */
         return;
     long saved = memalloc_options[OPT_PURGE_THRESHOLD];
     long saved_share = memalloc_options[OPT_PURGE_SHARE];
+    long saved_delay = memalloc_options[OPT_PURGE_DELAY];
     memalloc_options[OPT_PURGE_THRESHOLD] = 4 * U;
     memalloc_options[OPT_PURGE_SHARE] = 0;
+    memalloc_options[OPT_PURGE_DELAY] = 300;
     enum { N = 8 };
     void *blk[N], *pin[N], *keep[N];
     /* Start from clean free space: older free spans then cannot lend their
@@ -419,28 +430,37 @@ static void phase_purge(void)
         memset(blk[i], 0xa5, 8 * U - LARGE_HDR);
         pin[i] = large(1);          /* keeps the frees from coalescing */
     }
-    /* Where the blocks' spans start: after a merge the header may belong to
-     * a neighbour, so the checks look at the pages, not the headers. */
-    const void *first = hdr_of(blk[0]), *last = hdr_of(blk[N - 1]);
-    lfree(blk[0]);
-    keep[0] = large(9);             /* too big for the freed spans: use holds */
-    CHECK(!span_pages_zero(first, 8), "a freed span was purged at once");
-    /* Every further free adds 512 KiB of dirt, more than enough passes to
-     * age blk[0] past the one that spares it. */
-    for (int i = 1; i < N; i++) {
+    /* The frees merge when the pins landed elsewhere, and the allocations
+     * after them may be carved out of the freed space: the checks look at
+     * the ages on the heap's dirty list, not at particular spans. */
+    size_t madv0 = memalloc_heap.st.released_madvise;
+    /* Every free adds 512 KiB of dirt, a pass each; an allocation after
+     * each keeps the program allocating. */
+    for (int i = 0; i < N / 2; i++) {
         lfree(blk[i]);
         keep[i] = large(9);
     }
-    struct memalloc_stats st1;
-    memalloc_get_stats(&st1);
-    CHECK(span_pages_zero(first, 8),
-          "the oldest free span was never purged (heap %zu, %zu released by madvise)",
-          st1.heap_bytes, st1.free_bytes);
-    CHECK(!span_pages_zero(last, 8), "the span freed last was purged at once");
-    /* Now use shrinks: the next pass spares nothing. */
+    CHECK(memalloc_heap.st.released_madvise == madv0, "a freed span was purged at once");
+    uint64_t idle_from = os_now_ms();
+    os_sleep_ms(400);               /* the first half turns idle */
+    purge_maybe();                  /* due: a pass purges it */
+    CHECK(memalloc_heap.st.released_madvise > madv0, "no span was purged after the delay");
+    CHECK(oldest_dirt() > idle_from, "dirt older than the delay survived a pass: %llu ms old",
+          (unsigned long long)(os_now_ms() - oldest_dirt()));
+    uint64_t young_from = os_now_ms();
+    for (int i = N / 2; i < N; i++) {
+        lfree(blk[i]);
+        keep[i] = large(9);
+    }
+    CHECK(oldest_dirt() != UINT64_MAX && oldest_dirt() >= young_from,
+          "the spans freed last were purged at once, or old dirt is left (oldest %llu, freed "
+          "from %llu)", (unsigned long long)oldest_dirt(), (unsigned long long)young_from);
+    /* Now the program only frees: the second pass on spares nothing, so
+     * what stays dirty is less than the threshold a pass waits for. */
     for (int i = 0; i < N; i++)
         lfree(keep[i]);
-    CHECK(span_pages_zero(last, 8), "a pass while use shrinks spared the youngest span");
+    CHECK(memalloc_heap.dirty_free < 4 * U, "after frees only, %zu bytes of free spans are "
+          "still dirty", memalloc_heap.dirty_free);
     CHECK_HEAP("purge passes");
 
     /* calloc over purged and over dirty space both read zero. */
@@ -463,6 +483,7 @@ static void phase_purge(void)
     }
     memalloc_options[OPT_PURGE_THRESHOLD] = saved;
     memalloc_options[OPT_PURGE_SHARE] = saved_share;
+    memalloc_options[OPT_PURGE_DELAY] = saved_delay;
     CHECK_HEAP("after the purge phase");
 }
 

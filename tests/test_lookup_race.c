@@ -18,9 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
-#include "tcache.h"
 #include "check.h"
 
 #define SIZE 1000
@@ -59,7 +58,7 @@ int main(void)
     probe = memalloc_malloc(SIZE);
     if (!probe)
         return 1;
-    ((void **)probe)[1] = (void *)memalloc_tc_key;
+    ((void **)probe)[1] = (void *)memalloc_free_key;
 
     pthread_t w;
     CHECK(pthread_create(&w, NULL, walker, NULL) == 0, "pthread_create");

@@ -19,12 +19,13 @@
  *      purged_mask clears with the last purged page.  For a
  *      one-unit class with blocks straddling pages, a class of multi-page
  *      blocks, and a multi-unit class (pages past the first unit).
- *   2. purge passes (chunk_purge_pass): a dense chunk (in_use * 16 >
- *      capacity; for blocks of a page or more in_use * 2 > capacity) is
- *      neither a candidate nor purged; a sparse one becomes a candidate and
- *      is purged by the first pass that finds it untouched for `decay` pass
- *      intervals, not before, and a free into it starts the wait again; the
- *      pass takes it off the candidate list.  (Spontaneous passes are kept
+ *   2. sweeps (chunk_sweep, what a purge pass runs): a dense chunk
+ *      (in_use * 16 > capacity; for blocks of a page or more in_use * 2 >
+ *      capacity) is neither a candidate nor purged; a sparse one becomes a
+ *      candidate and is purged by a sweep whose cutoff is at or after its
+ *      last touch, and spared, counted and dated, by one whose cutoff is
+ *      before it; a free into it moves its last touch; the sweep takes it
+ *      off the candidate list.  (Spontaneous passes are kept
  *      out by raising the purge threshold for this phase.)
  *   3. misuse on purged pages, in forked children (memalloc_free & co.):
  *      freeing again a block that was freed before its page was purged (its
@@ -66,9 +67,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
-#include "tcache.h"
 
 #define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */
 #include "check.h"
@@ -318,10 +318,19 @@ static void free_block(struct chunk *c, void *p)
     chunk_free(c, p, "free");
 }
 
+/* A sweep of the chunks, as a pass runs it, with the given cutoff. */
+static struct sweep sweep_before(uint64_t before)
+{
+    struct sweep sw = {.before = before, .oldest = UINT64_MAX};
+    chunk_sweep(&sw);
+    return sw;
+}
+
 static size_t released_madvise(void)
 {
     struct heap_stats h;
     heap_get_stats(&h);
+    h.released_madvise += chunk_purged_bytes();
     return h.released_madvise;
 }
 
@@ -468,33 +477,35 @@ static void test_pass(unsigned cls)
     }
     CHECK(c->in_use == sparse + 1 && !c->listed, "dense chunk: in_use %u listed %u", c->in_use,
           c->listed);
-    for (int k = 0; k < 3; k++)
-        chunk_purge_pass(0);
+    sweep_before(os_now_ms() + 1000);
     CHECK(c->purged == 0 && c->purged_mask == 0,
           "passes purged a dense chunk (in_use %u of %zu): purged %u mask set %u", c->in_use,
           cap, c->purged, (unsigned)(c->purged_mask != 0));
 
-    /* Sparse: a candidate, purged once untouched for `decay` intervals. */
+    /* Sparse: a candidate, purged by a sweep whose cutoff is its last touch. */
     free_block(c, blk[sparse]);
     live[sparse] = false;
     CHECK(c->listed, "sparse chunk (in_use %u of %zu) is not a purge candidate", c->in_use, cap);
-    const unsigned decay = 2;
-    chunk_purge_pass(decay);
-    chunk_purge_pass(decay);
-    CHECK(c->purged == 0 && c->listed, "a pass purged a chunk touched %u passes ago "
-          "(decay %u): purged %u listed %u", 2u, decay, c->purged, c->listed);
-    /* A free restarts the wait. */
+    uint32_t t0 = c->touched;
+    struct sweep sw = sweep_before((uint64_t)t0 - 1);
+    CHECK(c->purged == 0 && c->listed, "a sweep purged a chunk touched after its cutoff: "
+          "purged %u listed %u", c->purged, c->listed);
+    CHECK(sw.spared > 0 && (uint32_t)sw.oldest == t0, "the spared chunk was not counted "
+          "(%zu bytes) or dated (%llu, touched %u)", sw.spared, (unsigned long long)sw.oldest, t0);
+    /* A free moves the last touch. */
+    os_sleep_ms(30);
     free_block(c, blk[sparse - 1]);
     live[sparse - 1] = false;
-    chunk_purge_pass(decay);
-    chunk_purge_pass(decay);
-    CHECK(c->purged == 0 && c->listed, "a pass purged a chunk freed into %u passes ago "
-          "(decay %u): purged %u listed %u", 2u, decay, c->purged, c->listed);
+    CHECK((int32_t)(c->touched - t0) >= 20, "a free 30 ms later moved the touch from %u to %u",
+          t0, c->touched);
+    sweep_before((uint64_t)t0 + 10);
+    CHECK(c->purged == 0 && c->listed, "a sweep purged a chunk freed into after its cutoff: "
+          "purged %u listed %u", c->purged, c->listed);
     size_t n_want = model(c, live, state, want);
     size_t madv0 = released_madvise();
-    chunk_purge_pass(decay);
-    CHECK(c->purged != 0 && !c->listed, "the third pass after the last touch (decay %u) did not "
-          "purge the chunk: purged %u listed %u", decay, c->purged, c->listed);
+    sweep_before(c->touched);
+    CHECK(c->purged != 0 && !c->listed, "a sweep with the cutoff at the last touch did not "
+          "purge the chunk: purged %u listed %u", c->purged, c->listed);
     verify_purged("purge pass", c, live, state, want, n_want);
     CHECK(released_madvise() - madv0 >= n_want * GRAIN,
           "released_madvise grew by %zu after a pass, want at least %zu",
@@ -515,7 +526,7 @@ static void test_pass(unsigned cls)
     size_t after_refill = c->purged;
     CHECK(after_refill <= before, "refilling raised purged from %zu to %zu", before,
           after_refill);
-    chunk_purge_pass(0);
+    sweep_before(os_now_ms() + 1000);
     CHECK(c->purged == after_refill, "a pass changed a dense chunk's purged pages %zu -> %u",
           after_refill, c->purged);
     CHECK_HEAP("dense chunk after a purge");
@@ -799,7 +810,7 @@ static void test_rekey(unsigned cls)
     void *x = blk[first + 1];               /* freed before the purge, same page */
     CHECK(x && ((uintptr_t)x - (uintptr_t)c) / GRAIN == ((uintptr_t)taken - (uintptr_t)c) / GRAIN,
           "rekey: blocks %zu and %zu do not share a page", first, first + 1);
-    CHECK(((void **)x)[1] == (void *)memalloc_tc_key, "rekey: free block %p has no key back", x);
+    CHECK(((void **)x)[1] == (void *)memalloc_free_key, "rekey: free block %p has no key back", x);
     EXPECT_ABORT("free again of a block whose purged page came back into use", A_FREE, x,
                  "free", "double free");
     CHECK_HEAP("re-keying a page that came back");

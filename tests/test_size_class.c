@@ -22,7 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "internals.h"
 #include "memalloc.h"
 
 #define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */

@@ -1,12 +1,11 @@
 /*
- * platform.c - the only file that talks to the system: the break and the
- * address-space reservation above it, the page size and madvise, error
- * messages, one-time initialisation and the fork handlers.
+ * os.c - the only file that talks to the system: the break and the
+ * address-space reservation above it, the page size and madvise, the
+ * clock, AT_RANDOM, the environment, error messages, locks, fork
+ * registration and the background thread's start.
  *
- * Invariants: nothing here calls malloc while an allocator lock is held;
- * messages are formatted into stack buffers and written with write(2);
- * initialisation needs no constructor and tolerates being re-entered from
- * pthread_atfork (which may itself call malloc).
+ * Invariants: nothing here calls malloc or memalloc's other files;
+ * messages are formatted into stack buffers and written with write(2).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,11 +14,12 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <signal.h>
 #include <sys/single_threaded.h>
+#include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
-#include "tcache.h"
+#include "os.h"
 
 /* The one seam for Valgrind: memcheck treats memory added to the break as
  * undefined, but the kernel hands it out zeroed and memalloc relies on that
@@ -43,8 +43,8 @@ size_t memalloc_os_page HIDDEN = 4096;
 
 /* The page size in force: the kernel's, or the build's MEMALLOC_FORCE_PAGE
  * (meson -Dpage_size=N) when that is bigger, so that the whole suite can
- * run as if on a 16 or 64 KiB kernel.  A page must be a whole number of
- * grains and at most a unit (aarch64 kernels use 4, 16 or 64 KiB). */
+ * run as if on a 16 or 64 KiB kernel.  Below OS_PAGE_MIN or not a power of
+ * two is not a page size Linux uses; aarch64 kernels use 4, 16 or 64 KiB. */
 void os_init(void)
 {
     size_t page = (size_t)getauxval(AT_PAGESZ);
@@ -54,21 +54,22 @@ void os_init(void)
     if (page < MEMALLOC_FORCE_PAGE)
         page = MEMALLOC_FORCE_PAGE;
 #endif
-    if (page < GRAIN || (page & (page - 1)) != 0)
-        page = GRAIN;
+    if (page < OS_PAGE_MIN || (page & (page - 1)) != 0)
+        page = OS_PAGE_MIN;
     memalloc_os_page = page;
 }
 
 /* Give [from, from + len) back to the kernel, rounded inward to whole
  * pages: madvise needs an aligned start and rounds the length up, so an
  * unrounded range would zap live data sharing the last page.  Returns the
- * bytes given back (0 when no whole page fits or madvise failed). */
+ * bytes given back (0 when no whole page fits or madvise failed, and on a
+ * kernel whose pages are bigger than OS_PAGE_MAX, which purges nothing). */
 size_t os_purge(void *from, size_t len, bool lazy)
 {
     size_t page = os_page();
     uintptr_t a = ((uintptr_t)from + page - 1) & ~(page - 1);
     uintptr_t b = ((uintptr_t)from + len) & ~(page - 1);
-    if (page > UNIT || b <= a)
+    if (page > OS_PAGE_MAX || b <= a)
         return 0;
     if (madvise((void *)a, b - a, lazy ? MADV_FREE : MADV_DONTNEED) != 0)
         return 0;
@@ -233,6 +234,49 @@ void *raw_sbrk(intptr_t delta)
 }
 void *raw_break(void) { return __sbrk(0); }
 
+/* ---- time, randomness, environment ------------------------------------------ */
+
+/* The coarse clock is read from the vDSO without a system call; its few
+ * milliseconds of resolution are plenty for purge delays. */
+uint64_t os_now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* A one-way mix of 64 bits (the splitmix64 finaliser): what memalloc
+ * stores in free blocks must not give away AT_RANDOM's bytes, which glibc
+ * uses as the stack canary and the pointer guard. */
+static uint64_t mix(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Each call mixes in a counter, so that two secrets drawn from it differ. */
+uint64_t os_random(void)
+{
+    static uint64_t calls;
+    uint64_t half[2] = {0, 0};
+    const void *rnd = (const void *)getauxval(AT_RANDOM);
+    if (rnd)
+        memcpy(half, rnd, sizeof half);     /* AT_RANDOM is not aligned */
+    uint64_t n = __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED);
+    return mix(half[0] ^ mix(half[1] ^ (uintptr_t)&calls) ^ mix(n));
+}
+
+/* The loader may call malloc before libc has set up the environment; then
+ * there is none to read yet.  getenv never allocates. */
+extern char **__environ;
+bool os_env_ready(void) { return __environ != NULL; }
+const char *os_getenv(const char *name)
+{
+    return __environ ? getenv(name) : NULL;
+}
+
 /* ---- messages ----------------------------------------------------------- */
 
 size_t fmt_unsigned(char *buf, size_t v)
@@ -248,7 +292,7 @@ size_t fmt_unsigned(char *buf, size_t v)
     return n;
 }
 
-static size_t fmt_hex(char *buf, uintptr_t v)
+size_t fmt_hex(char *buf, uintptr_t v)
 {
     static const char digits[] = "0123456789abcdef";
     char tmp[20];
@@ -310,71 +354,12 @@ void fatal_pointer(const char *func, const char *what, const void *p)
     abort();
 }
 
-void link_corrupt(const char *func, const void *p)
-{
-    fatal_pointer(func, "corrupted free list at", p);
-}
-
-/* ---- fork --------------------------------------------------------------- */
-
-/* glibc takes its stdio list lock after running the prepare handlers.  If we
- * took our locks first, a thread in getline() holding a FILE lock and
- * waiting in realloc for one of ours, plus a thread in fflush(NULL) holding
- * the list lock and waiting for that FILE, would deadlock the fork.  Taking
- * the (recursive) list lock first puts every lock in one global order. */
-extern void _IO_list_lock(void) __attribute__((weak));
-extern void _IO_list_unlock(void) __attribute__((weak));
-
-static bool fork_locked;
-
-static void fork_prepare(void)
-{
-    /* A single-threaded process may be forking from a signal handler that
-     * interrupted malloc: waiting for that malloc's lock would hang forever,
-     * and nobody else can be holding one.  glibc skips its own malloc locks
-     * in this case too. */
-    fork_locked = !__libc_single_threaded;
-    if (!fork_locked)
-        return;
-    if (_IO_list_lock)
-        _IO_list_lock();
-    tcache_list_lock();
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
-        pthread_mutex_lock(&memalloc_classes[c].lock);
-    heap_lock();
-}
-
-static void fork_parent(void)
-{
-    if (!fork_locked)
-        return;
-    heap_unlock();
-    for (unsigned c = NUM_CLASSES; c-- > 0;)
-        pthread_mutex_unlock(&memalloc_classes[c].lock);
-    tcache_list_unlock();
-    if (_IO_list_unlock)
-        _IO_list_unlock();
-}
-
-/* Only the forking thread exists in the child, so every lock is simply made
- * new; glibc resets its stdio list lock in the child itself. */
-static void fork_child(void)
-{
-    heap_fork_child(fork_locked);
-    if (!fork_locked)
-        return;
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
-        lock_init(&memalloc_classes[c].lock);
-    tcache_fork_child();
-}
-
-/* ---- initialisation ----------------------------------------------------- */
+/* ---- locks, fork, threads ------------------------------------------------ */
 
 /* Every allocator lock spins a little before it sleeps (glibc's adaptive
  * mutex): what it guards takes well under a microsecond, less than a futex
  * sleep and wake-up, so a thread that finds it taken is better off waiting
- * on the CPU.  bench/micro's producer/consumer, whose threads meet on the
- * class locks, runs in 0.7-0.8 of the time it takes with plain mutexes.
+ * on the CPU. 
  * Initialising one allocates nothing. */
 void lock_init(pthread_mutex_t *m)
 {
@@ -385,29 +370,40 @@ void lock_init(pthread_mutex_t *m)
     pthread_mutexattr_destroy(&a);
 }
 
-int memalloc_initialized HIDDEN;
-static int init_state;              /* 0 not started, 1 running, 2 done */
+/* glibc takes its stdio list lock after running the prepare handlers; the
+ * prepare handler takes it first (init.c says why). */
+extern void _IO_list_lock(void) __attribute__((weak));
+extern void _IO_list_unlock(void) __attribute__((weak));
+void os_stdio_lock(void) { if (_IO_list_lock) _IO_list_lock(); }
+void os_stdio_unlock(void) { if (_IO_list_unlock) _IO_list_unlock(); }
 
-void lazy_init(void)
+bool os_single_threaded(void) { return __libc_single_threaded; }
+
+void os_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void))
 {
-    int expected = 0;
-    if (__atomic_compare_exchange_n(&init_state, &expected, 1, false,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        os_init();
-        for (unsigned c = 0; c < NUM_CLASSES; c++)
-            lock_init(&memalloc_classes[c].lock);
-        classes_init();
-        options_load();
-        tcache_init();
-        __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
-        __atomic_store_n(&memalloc_initialized, 1, __ATOMIC_RELEASE);
-        /* After the flag: pthread_atfork may call malloc, which must then
-         * find the allocator ready rather than recurse into here. */
-        pthread_atfork(fork_prepare, fork_parent, fork_child);
-        return;
-    }
-    /* Another thread is filling the tables; that takes microseconds and
-     * cannot block on anything of ours. */
-    while (__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) != 2)
+    pthread_atfork(prepare, parent, child);
+}
+
+/* A detached thread that takes no signal meant for the program: it
+ * inherits the mask in force while it is created. */
+bool os_thread_start(void *(*fn)(void *))
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    bool ok = pthread_create(&t, &a, fn, NULL) == 0;
+    pthread_attr_destroy(&a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return ok;
+}
+
+void os_sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
