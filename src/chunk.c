@@ -62,15 +62,18 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
 
 /* ---- purging: free pages inside chunks go back with madvise --------------- */
 
-/* Which chunks a pass may purge: sparse ones, at most 1/SPARSE_DIV of
- * their blocks in use (half, for blocks of a page or more, where every free
- * block is whole pages), the state a chunk is left in when a program frees
- * most of what it held.  A busier chunk of small blocks has few whole free
- * pages, and its free blocks are the first to be handed out again: purging
- * them costs a madvise now and page faults soon.  A chunk goes on its
- * class's candidate list when a block coming back makes it sparse; a pass
- * purges the candidates that no block was taken from or put back to since
- * the sweep's cutoff (purge.c decides it). */
+/* Which chunks a pass purges.  Every chunk that a block came back to is on
+ * its class's candidate list until a pass purges it.  A sparse one, at most
+ * 1/SPARSE_DIV of its blocks in use (half, for blocks of a page or more,
+ * where every free block is whole pages), is what a program leaves when it
+ * frees most of what it held: a pass purges it once nobody touched it since
+ * the sweep's cutoff (purge.c decides it; with nothing allocated since the
+ * last pass, that is now).  A busier chunk of small blocks has few whole
+ * free pages, and its free blocks are the first to be handed out again:
+ * purging them costs a madvise now and page faults soon, so it waits until
+ * nobody touched it for the whole delay.  Sparse chunks count towards the
+ * memory that starts a pass (memalloc_chunk_noted); `listed` says 2 for
+ * those, 1 for busier ones. */
 #define SPARSE_DIV 16
 static size_t purged_bytes;         /* statistics, atomic */
 static size_t reused_bytes;         /* purged pages handed out again, atomic */
@@ -86,7 +89,6 @@ static inline void touch(struct chunk *c, uint32_t now) { c->touched = now; }
 
 static void cand_add(struct size_class *sc, struct chunk *c)
 {
-    c->listed = 1;
     c->cand_prev = NULL;
     c->cand_next = sc->cand;
     if (c->cand_next)
@@ -214,20 +216,31 @@ void chunk_sweep(struct sweep *sw)
         pthread_mutex_lock(&sc->lock);
         for (struct chunk *c = sc->cand, *next; c; c = next) {
             next = c->cand_next;
-            int32_t after = (int32_t)(c->touched - before);    /* wraps every 49 days */
-            if (!candidate(c)) {
-                cand_remove(sc, c);
-            } else if (after <= 0) {
+            /* Wrapping every 49 days: the touch is within 2^31 ms of now. */
+            uint32_t cutoff = candidate(c) ? before : (uint32_t)sw->idle;
+            int32_t after = (int32_t)(c->touched - cutoff);
+            if (after <= 0) {
                 purge_chunk(c);
                 cand_remove(sc, c);
             } else {
+                uint64_t touched = (candidate(c) ? sw->before : sw->idle) + (uint32_t)after;
                 sw->spared += resident_estimate(c);
-                if (sw->before + (uint32_t)after < sw->oldest)
-                    sw->oldest = sw->before + (uint32_t)after;
+                if (touched < sw->oldest)
+                    sw->oldest = touched;
             }
         }
         pthread_mutex_unlock(&sc->lock);
     }
+}
+
+/* Is any chunk waiting on a candidate list?  Racy: it only tells the
+ * background thread whether a pass could find something. */
+bool chunk_listed(void)
+{
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++)
+        if (__atomic_load_n(&memalloc_classes[cls].cand, __ATOMIC_RELAXED))
+            return true;
+    return false;
 }
 
 /* malloc_trim: every chunk with a free block, candidate or not, now. */
@@ -319,7 +332,7 @@ static size_t resident_estimate(const struct chunk *c)
 
 static void chunk_retire(struct size_class *sc, struct chunk *c)
 {
-    if (!c->listed)                 /* a candidate's pages were noted already */
+    if (c->listed < 2)              /* a sparse candidate's pages were noted already */
         __atomic_add_fetch(&memalloc_chunk_noted, resident_estimate(c), __ATOMIC_RELAXED);
     cand_remove(sc, c);
     size_t u = unit_index((uintptr_t)c);
@@ -403,9 +416,14 @@ static inline void put_back(struct size_class *sc, struct chunk *c, void *p, siz
     touch(c, now);
     if (c->in_use-- == c->capacity)
         partial_push(sc, c);
-    if (!c->listed && candidate(c)) {
-        cand_add(sc, c);
+    if (c->listed < 2 && candidate(c)) {
+        if (!c->listed)
+            cand_add(sc, c);
+        c->listed = 2;
         __atomic_add_fetch(&memalloc_chunk_noted, resident_estimate(c), __ATOMIC_RELAXED);
+    } else if (!c->listed) {
+        cand_add(sc, c);
+        c->listed = 1;
     }
     if (unlikely(c->in_use == 0)) {
         /* The spare is the lowest empty chunk: a high one would keep the
@@ -634,20 +652,25 @@ void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park)
     pthread_mutex_unlock(&sc->lock);
 }
 
-/* Empty every class's parking slots into its chunks, so that chunks that
- * only parked blocks kept alive can go back to the heap (malloc_trim). */
+/* Empty the class's parking slots into its chunks, so that chunks that
+ * only parked blocks kept alive can go back to the heap: nobody is taking
+ * the batches (a thread cache gave up on the class) or malloc_trim asks. */
+void chunk_unpark(unsigned cls)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    uint32_t now = (uint32_t)os_now_ms();
+    pthread_mutex_lock(&sc->lock);
+    while (sc->parked) {
+        sc->parked--;
+        return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked], now);
+    }
+    pthread_mutex_unlock(&sc->lock);
+}
+
 void chunk_unpark_all(void)
 {
-    uint32_t now = (uint32_t)os_now_ms();
-    for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
-        struct size_class *sc = &memalloc_classes[cls];
-        pthread_mutex_lock(&sc->lock);
-        while (sc->parked) {
-            sc->parked--;
-            return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked], now);
-        }
-        pthread_mutex_unlock(&sc->lock);
-    }
+    for (unsigned cls = 0; cls < NUM_CLASSES; cls++)
+        chunk_unpark(cls);
 }
 
 size_t chunk_parked_blocks(unsigned cls)

@@ -140,11 +140,13 @@ HIDDEN unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n);
 HIDDEN void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park);
 HIDDEN bool chunk_parked_holds(unsigned cls, const void *p);
 HIDDEN size_t chunk_parked_blocks(unsigned cls);    /* class lock held */
+HIDDEN void chunk_unpark(unsigned cls);
 HIDDEN void chunk_unpark_all(void);
 HIDDEN size_t chunk_release_spares(void);
 
 /* Purging (what purge.c asks for): */
 HIDDEN void chunk_sweep(struct sweep *sw);          /* idle candidates */
+HIDDEN bool chunk_listed(void);                     /* any candidate at all */
 HIDDEN void chunk_purge_everything(void);           /* every chunk, now */
 extern size_t memalloc_chunk_noted HIDDEN;  /* bytes that turned purgeable, ever */
 HIDDEN size_t chunk_purged_bytes(void);

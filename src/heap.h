@@ -139,12 +139,13 @@ static inline enum ptr_kind ptr_lookup(const void *p, void **meta)
 
 /* ---- sweeping: what a purge pass asks of chunks and spans --------------- */
 
-/* Purge what was last used at or before `before` (os_now_ms() time); tell
- * how much was given back and how much was spared, when the oldest spared
+/* Purge what was last used at or before `before` (os_now_ms() time), and
+ * busy chunks (chunk.c) only when last used at or before `idle`; tell how
+ * much was given back and how much was spared, when the oldest spared
  * memory was last used, and how much of the free spans' dirt the sweep
  * cleaned (what heap_dirt_mark() fell by). */
 struct sweep {
-    uint64_t before;
+    uint64_t before, idle;
     size_t purged, spared;
     uint64_t oldest;                /* UINT64_MAX: nothing spared */
     size_t cleaned;

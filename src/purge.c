@@ -13,7 +13,7 @@
  *     (jemalloc's dirty_decay_ms, mimalloc's purge_delay), and spares the
  *     rest, which a program that shrinks and regrows is about to reuse;
  *     when nothing was allocated since the previous pass, nothing can be
- *     reused and nothing is spared;
+ *     reused and only busy chunks are spared (chunk.c says which);
  *   - with MEMALLOC_BACKGROUND=1 a thread, started at the first call here,
  *     runs a pass every half delay (10 ms to 1 s) while anything waits.
  * Invariants: one pass at a time (memalloc_pass_running); no lock is held
@@ -103,9 +103,10 @@ static void pass(uint64_t now)
     mark_pending();
     size_t allocs = allocs_so_far();
     uint64_t delay = (uint64_t)option(OPT_PURGE_DELAY);
-    struct sweep sw = {.before = now, .oldest = UINT64_MAX};
+    struct sweep sw = {.before = now, .idle = now > delay ? now - delay : 0,
+                       .oldest = UINT64_MAX};
     if (allocs != P.allocs_at_pass)
-        sw.before = now > delay ? now - delay : 0;
+        sw.before = sw.idle;
     P.allocs_at_pass = allocs;
     chunk_sweep(&sw);
     heap_sweep(&sw);
@@ -127,7 +128,7 @@ static void *background(void *arg)
     for (;;) {
         uint64_t half = (uint64_t)option(OPT_PURGE_DELAY) / 2;
         os_sleep_ms(half < 10 ? 10 : half > 1000 ? 1000 : half);
-        if (pending_bytes() || __atomic_load_n(&P.spared, __ATOMIC_RELAXED))
+        if (pending_bytes() || __atomic_load_n(&P.spared, __ATOMIC_RELAXED) || chunk_listed())
             pass(os_now_ms());
     }
     return NULL;

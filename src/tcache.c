@@ -39,42 +39,51 @@ static struct tcache *all_caches;
 void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
-/* A bin starts out holding up to 16 KiB of its class (between 2 and 64
- * blocks).  A bin that keeps running dry and overflowing in turn, because
- * the program holds more of the class at once than that, doubles its limit,
- * up to 64 KiB (at most 1024 blocks): the class lock is then taken once per
- * many operations again.  Growth past the starting limits is capped at
- * 256 KiB per thread, summed over its bins, so that a program whose threads
- * each churn dozens of classes does not pay up to 64 KiB for every one of
- * them in every thread.  (A soft cap: a refill that receives a whole parked
- * batch from another thread's bigger bin keeps it.) */
-static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
+/* A bin holds up to 16 KiB of its class, between 2 and 64 blocks; it
+ * takes and gives back half of that at a time.
+ *
+ * A bin that flushed COLLAPSE_BATCHES batches (or COLLAPSE_BYTES, if that
+ * is fewer batches of a big class) without a refill of its own, while no
+ * thread refilled the class either, serves a thread that only frees that
+ * class and nobody wants the blocks back: caching them buys nothing and
+ * pins a block, and so a page, in every chunk they came from.  Such a bin
+ * collapses: its class's parked batches go back to their chunks, and the
+ * bin keeps only an eighth of its usual limit (1 to 8 blocks), flushed
+ * whole each time it fills, until a refill of the bin or of the class by
+ * another thread turns it back. */
+#define BIN_MOST 64                 /* no bin ever holds more */
+#define BIN_BYTES ((size_t)16 << 10)
+#define COLLAPSE_BATCHES 16
+#define COLLAPSE_BYTES ((size_t)128 << 10)
+#define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
+
+static uint16_t bin_max(unsigned cls)
 {
     if (cls >= TC_CLASSES)
         return 0;
-    size_t n = bytes / memalloc_classes[cls].size;
-    return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
+    size_t n = BIN_BYTES / memalloc_classes[cls].size;
+    return (uint16_t)(n < 2 ? 2 : n > BIN_MOST ? BIN_MOST : n);
 }
-#define BIN_MOST 1024               /* no bin ever holds more */
-#define BIN_START_BYTES ((size_t)16 << 10)
-#define BIN_CAP_BYTES ((size_t)64 << 10)
-#define THREAD_GROWTH_BYTES ((size_t)256 << 10)
-static uint16_t bin_max(unsigned cls) { return bin_limit(cls, BIN_START_BYTES, 64); }
-static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, BIN_CAP_BYTES, BIN_MOST); }
+
+static uint16_t bin_collapsed(unsigned cls)
+{
+    uint16_t n = bin_max(cls) / 8;
+    return n < 1 ? 1 : n > 8 ? 8 : n;
+}
 
 /* ---- batches ---------------------------------------------------------------- */
 
 void *tcache_refill(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
+    if (b->flushed == COLLAPSED)
+        b->max = bin_max(cls);
     void *list;
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
         return NULL;
-    b->head = list;                 /* keyed and linked by the class */
-    b->count = got;
-    if (b->count > b->max)          /* a parked batch from a bigger bin */
-        b->max = (uint16_t)b->count;
+    b->head = list;                 /* keyed and linked by the class; a parked */
+    b->count = got;                 /* batch is half a bin of the class too */
     b->flushed = 0;
     return tcache_pop(t, cls);
 }
@@ -162,40 +171,48 @@ static bool class_wanted(struct tcache *t, unsigned cls)
     return wanted;
 }
 
-/* How far t's bins have grown past their starting limits, in bytes. */
-static size_t grown_bytes(const struct tcache *t)
-{
-    size_t n = 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++) {
-        uint16_t base = bin_max(c);
-        if (t->bins[c].max > base)
-            n += (size_t)(t->bins[c].max - base) * memalloc_classes[c].size;
-    }
-    return n;
-}
-
-/* Bin cls is full: grow it, or flush half of it, parked for another
- * thread's refill if some thread refilled the class meanwhile. */
+/* Bin cls is full: flush half of it, parked for another thread's refill if
+ * some thread refilled the class meanwhile, or collapse it. */
 static void make_room(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
-    uint16_t cap = bin_cap(cls);
-    if (b->flushed == 0 && b->max < cap &&  /* refilled since the last overflow: grow */
-        grown_bytes(t) + (size_t)b->max * memalloc_classes[cls].size <= THREAD_GROWTH_BYTES) {
-        b->max = (uint16_t)(b->max * 2 < cap ? b->max * 2 : cap);
-        b->flushed = 1;
-        return;
-    }
     bool wanted = class_wanted(t, cls);
-    flush(t, cls, b->max / 2 ? b->max / 2 : 1, wanted);
-    b->flushed = 1;
+    uint32_t batch = b->max / 2 ? b->max / 2 : 1;
+    flush(t, cls, batch, wanted);
+    size_t batch_bytes = (size_t)batch * memalloc_classes[cls].size;
+    uint16_t enough = COLLAPSE_BYTES / batch_bytes < COLLAPSE_BATCHES
+                          ? (uint16_t)(COLLAPSE_BYTES / batch_bytes + 1) : COLLAPSE_BATCHES;
+    if (!wanted && b->flushed >= enough) {
+        flush(t, cls, b->count, false);
+        b->max = bin_collapsed(cls);
+        b->flushed = COLLAPSED;
+        chunk_unpark(cls);
+    } else if (wanted) {            /* only batches in a row that nobody wanted count */
+        b->flushed = 1;
+    } else if (b->flushed < COLLAPSE_BATCHES) {
+        b->flushed++;
+    }
     if (!wanted)
         purge_maybe();
 }
 
+/* A free into a full collapsed bin: the stash goes back to the chunks
+ * whole, and the bin turns back to normal if some thread refilled the
+ * class meanwhile (a refill of this bin does that by itself). */
+static void collapsed_flush(struct tcache *t, unsigned cls)
+{
+    struct tbin *b = &t->bins[cls];
+    flush(t, cls, b->count, false);
+    if (class_wanted(t, cls)) {
+        b->max = bin_max(cls);
+        b->flushed = 1;
+    }
+    purge_maybe();
+}
+
 /* Every small free that the hot path did not finish: t may be NULL (no
  * cache in this thread), p may be anything inside a chunk.  The hot path
- * gives up on full bins and on blocks whose page was purged,
+ * gives up on full or collapsed bins and on blocks whose page was purged,
  * where the free key may be gone; here the hot path's checks are tried
  * again and, where they cannot tell, the chunk's bitmap decides. */
 void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func)
@@ -206,8 +223,12 @@ void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *fu
     if (t && c->cls < TC_CLASSES && c->s.kind == SPAN_CHUNK &&
         (tcache_block_plausible(c, p) || chunk_block_live(c, p))) {
         b = &t->bins[c->cls];
-        if (b->count >= b->max)
-            make_room(t, c->cls);
+        if (b->count >= b->max) {
+            if (b->flushed == COLLAPSED)
+                collapsed_flush(t, c->cls);
+            else
+                make_room(t, c->cls);
+        }
     }
     if (!b) {                       /* uncached class, or not a live block */
         chunk_free(c, p, func);

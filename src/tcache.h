@@ -32,7 +32,8 @@ struct tbin {
     void *head;
     uint32_t count;
     uint16_t max;                   /* blocks the bin may hold now */
-    uint16_t flushed;               /* overflowed since the last refill */
+    uint16_t flushed;               /* unwanted batches flushed in a row since the
+                                     * last refill; COLLAPSED (tcache.c): collapsed */
 };
 
 struct tcache {

@@ -21,11 +21,11 @@
  *      blocks, and a multi-unit class (pages past the first unit).
  *   2. sweeps (chunk_sweep, what a purge pass runs): a dense chunk
  *      (in_use * 16 > capacity; for blocks of a page or more in_use * 2 >
- *      capacity) is neither a candidate nor purged; a sparse one becomes a
- *      candidate and is purged by a sweep whose cutoff is at or after its
- *      last touch, and spared, counted and dated, by one whose cutoff is
- *      before it; a free into it moves its last touch; the sweep takes it
- *      off the candidate list.  (Spontaneous passes are kept
+ *      capacity) is listed but not purged by a sweep's cutoff for sparse
+ *      chunks, only by its cutoff for busy ones; a sparse one is purged
+ *      by a sweep whose cutoff is at or after its last touch, and spared,
+ *      counted and dated, by one whose cutoff is before it; a free into it
+ *      moves its last touch; the sweep takes it off the candidate list.  (Spontaneous passes are kept
  *      out by raising the purge threshold for this phase.)
  *   3. misuse on purged pages, in forked children (memalloc_free & co.):
  *      freeing again a block that was freed before its page was purged (its
@@ -318,13 +318,16 @@ static void free_block(struct chunk *c, void *p)
     chunk_free(c, p, "free");
 }
 
-/* A sweep of the chunks, as a pass runs it, with the given cutoff. */
-static struct sweep sweep_before(uint64_t before)
+/* A sweep of the chunks, as a pass runs it, with the given cutoffs: for
+ * sparse chunks, and for busy ones (idle for the whole delay). */
+static struct sweep sweep_at(uint64_t before, uint64_t idle)
 {
-    struct sweep sw = {.before = before, .oldest = UINT64_MAX};
+    struct sweep sw = {.before = before, .idle = idle, .oldest = UINT64_MAX};
     chunk_sweep(&sw);
     return sw;
 }
+
+static struct sweep sweep_before(uint64_t before) { return sweep_at(before, 0); }
 
 static size_t released_madvise(void)
 {
@@ -475,8 +478,8 @@ static void test_pass(unsigned cls)
         free_block(c, blk[i]);
         live[i] = false;
     }
-    CHECK(c->in_use == sparse + 1 && !c->listed, "dense chunk: in_use %u listed %u", c->in_use,
-          c->listed);
+    CHECK(c->in_use == sparse + 1 && c->listed == 1, "dense chunk: in_use %u listed %u",
+          c->in_use, c->listed);
     sweep_before(os_now_ms() + 1000);
     CHECK(c->purged == 0 && c->purged_mask == 0,
           "passes purged a dense chunk (in_use %u of %zu): purged %u mask set %u", c->in_use,
@@ -485,7 +488,8 @@ static void test_pass(unsigned cls)
     /* Sparse: a candidate, purged by a sweep whose cutoff is its last touch. */
     free_block(c, blk[sparse]);
     live[sparse] = false;
-    CHECK(c->listed, "sparse chunk (in_use %u of %zu) is not a purge candidate", c->in_use, cap);
+    CHECK(c->listed == 2, "sparse chunk (in_use %u of %zu) is not a noted purge candidate",
+          c->in_use, cap);
     uint32_t t0 = c->touched;
     struct sweep sw = sweep_before((uint64_t)t0 - 1);
     CHECK(c->purged == 0 && c->listed, "a sweep purged a chunk touched after its cutoff: "
@@ -522,14 +526,20 @@ static void test_pass(unsigned cls)
         }
     free_block(c, blk[sparse + 1]);
     live[sparse + 1] = false;
-    CHECK(!c->listed, "a dense chunk went on the candidate list");
+    CHECK(c->listed == 1, "a dense chunk is not listed as busy: %u", c->listed);
     size_t after_refill = c->purged;
     CHECK(after_refill <= before, "refilling raised purged from %zu to %zu", before,
           after_refill);
     sweep_before(os_now_ms() + 1000);
+    CHECK(c->listed == 1, "a sweep took a busy chunk that was not idle off its list");
     CHECK(c->purged == after_refill, "a pass changed a dense chunk's purged pages %zu -> %u",
           after_refill, c->purged);
     CHECK_HEAP("dense chunk after a purge");
+    /* Idle for the whole delay, a busy chunk goes too (its free pages were
+     * purged before: the sweep takes it off the list). */
+    sweep_at(0, os_now_ms() + 1000);
+    CHECK(!c->listed, "a busy chunk idle for the delay is still listed");
+    CHECK_HEAP("busy chunk purged after the delay");
 
     for (size_t i = 0; i < cap; i++)
         if (live[i])

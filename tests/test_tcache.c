@@ -13,18 +13,35 @@
  *             everything and exits: A keeps one chunk (the lowest, as spare)
  *             and nothing parked; class B, allocated next, builds a chunk
  *             where one of A's chunks used to be.
+ *   collapse  in a fresh thread, 100000 mallocs of 48 bytes then frees of
+ *             all but 100, with no refill of the class in between: the bin
+ *             ends COLLAPSED (flushed == 0xffff) with max == bin_max/8
+ *             clamped to 1..8 and count <= max, nothing is parked, the
+ *             class's in_use is exactly the blocks still held plus those in
+ *             the bin, and it keeps no chunk beyond the ones those blocks sit
+ *             in and the spare.  A malloc that refills the bin restores its
+ *             normal limit (16 KiB of blocks, 2..64).  The thread's exit
+ *             leaves the class empty.
+ *   wanted    a bin collapsed the same way returns to its normal limit at its
+ *             next fill once another thread has refilled the class.
  *   exit      a thread that churns a few classes leaves blocks in its bins;
  *             its exit returns them all (in_use back to where it was, apart
  *             from batches parked for other threads) and frees the cache
  *             itself.
+ *   lockstep  a producer and a consumer thread take turns: 24 rounds in
+ *             which the producer mallocs 64 blocks (refilling the class at
+ *             least once) and the consumer frees them (two flushes of its
+ *             bin each); the consumer's bin never collapses, not even after one
+ *             more batch with no refill (collapsing takes COLLAPSE_BATCHES
+ *             of those in a row), but does collapse after 19 more.
  *   pipe      a producer thread mallocs 60000 blocks and hands them through
  *             a 64-slot queue to a consumer thread that frees them: the
- *             consumer's bin (it never refills) never holds more than its
- *             limit, and no block is lost.
- *   growth    a thread that churns one class (mallocs more than its bin
- *             holds, then frees them all, eight times) grows that bin to its
- *             cap (64 KiB of blocks); one that churns 40 classes grows its
- *             bins by more than nothing and at most 256 KiB in all.
+ *             consumer's bin (it never refills) must never collapse, at any
+ *             point, since the producer keeps refilling the class (it lags
+ *             by at most one batch); no block is lost.
+ *   limits    a thread that churns 40 classes (mallocs more than each bin
+ *             holds, then frees them all, eight times) leaves every bin at
+ *             its fixed limit, holding no more than it.
  * memalloc_check() == 0 after every phase.  With MALLOC_PERTURB_ set (meson
  * test sets it) frees take tcache_free_slow, not the inline hot path, so the
  * whole run is repeated in a re-executed copy without it (not under
@@ -45,6 +62,7 @@
 #define CHECK_MAX_FAILURES 100      /* CHECK gives up after that many */
 #include "check.h"
 
+#define COLLAPSED_MARK 0xffff       /* tbin.flushed of a collapsed bin (tcache.c) */
 #define WATCHDOG_S 60
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -56,12 +74,18 @@ static struct chunk *chunk_of(const void *p)
 }
 
 
-/* What tcache.c's bin_max computes, from its definition: 16 KiB of blocks,
- * 2..64. */
+/* What tcache.c's bin_max and bin_collapsed compute, from their definition:
+ * 16 KiB of blocks, 2..64; an eighth of that, 1..8. */
 static unsigned normal_max(unsigned cls)
 {
     size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
     return n < 2 ? 2 : n > 64 ? 64 : (unsigned)n;
+}
+
+static unsigned collapsed_max(unsigned cls)
+{
+    unsigned n = normal_max(cls) / 8;
+    return n < 1 ? 1 : n > 8 ? 8 : n;
 }
 
 /* A class's counters, read under its lock. */
@@ -137,6 +161,31 @@ static void *xmalloc_block(size_t size)
     }
     memset(p, 0x5a, 16);
     return p;
+}
+
+/* Chunks that hold blocks of cls now: those of list[0..n) and those in bin b. */
+static size_t chunks_holding(void **list, size_t n, const struct tbin *b)
+{
+    enum { MAXC = 64 };
+    struct chunk *seen[MAXC];
+    size_t k = 0;
+    const void *q = b ? b->head : NULL;
+    for (size_t i = 0; i < n || q; i++) {
+        const void *p;
+        if (i < n) {
+            p = list[i];
+        } else {
+            p = q;
+            q = link_reveal(q, ((void *const *)q)[0]);
+        }
+        struct chunk *c = chunk_of(p);
+        size_t j = 0;
+        while (j < k && seen[j] != c)
+            j++;
+        if (j == k && k < MAXC)
+            seen[k++] = c;
+    }
+    return k;
 }
 
 /* ---- spare: the lowest empty chunk stays ------------------------------------ */
@@ -353,6 +402,197 @@ static void test_reuse(void)
     CHECK_HEAP("freeing class B");
 }
 
+/* ---- collapse: a bin that only frees ----------------------------------------- */
+
+#define KEEP 100                    /* blocks still held when the bin is inspected */
+
+struct collapse_ctx {
+    unsigned cls;
+    size_t n;
+    bool own_refill;                /* restore by this thread's malloc, else another's */
+    pthread_barrier_t *bar;         /* with the other thread's helper */
+};
+
+/* Malloc x->n blocks, free all but KEEP, and check that the bin collapsed
+ * and the class gave its chunks back.  Returns the blocks; p[n-KEEP..n)
+ * are still held. */
+static void **malloc_then_free(const struct collapse_ctx *x, struct tcache **tp)
+{
+    unsigned cls = x->cls;
+    size_t size = memalloc_classes[cls].size, n = x->n;
+    void **p = xcalloc(n, sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = xmalloc_block(size);
+    struct tcache *t = tcache_current();
+    *tp = t;
+    CHECK(t != NULL, "no thread cache after %zu mallocs", n);
+    if (!t)
+        exit(1);
+    struct tbin *b = &t->bins[cls];
+    CHECK(b->max == normal_max(cls) && b->flushed != COLLAPSED_MARK,
+          "class %u bin after mallocs only: max %u (want %u) flushed %#x", cls, b->max,
+          normal_max(cls), b->flushed);
+    struct class_view v0 = view(cls);
+    CHECK(v0.in_use >= n, "class %u in_use %zu below the %zu blocks held", cls, v0.in_use, n);
+
+    for (size_t i = 0; i < n - KEEP; i++) {
+        memalloc_free(p[i]);
+        p[i] = NULL;
+    }
+    struct class_view v = view(cls);
+    fprintf(stderr, "collapse: class %u (%zu B): %zu blocks freed; bin count %u max %u flushed "
+            "%#x; class in_use %zu parked %zu chunks %zu (had %zu)\n", cls, size, n - KEEP,
+            b->count, b->max, b->flushed, v.in_use, v.parked, v.chunks, v0.chunks);
+    CHECK(v.refills == v0.refills, "class %u refilled %u time(s) while only freeing", cls,
+          v.refills - v0.refills);
+    CHECK(b->flushed == COLLAPSED_MARK, "class %u bin did not collapse: flushed %#x max %u", cls,
+          b->flushed, b->max);
+    CHECK(b->max == collapsed_max(cls), "collapsed bin max %u, want %u", b->max,
+          collapsed_max(cls));
+    CHECK(b->count <= b->max, "collapsed bin holds %u blocks, max %u", b->count, b->max);
+    CHECK(v.parked == 0, "class %u still parks %zu blocks after a bin collapsed", cls, v.parked);
+    CHECK(v.in_use == KEEP + b->count,
+          "class %u in_use %zu, want the %d blocks held + %u cached: chunks were not given back",
+          cls, v.in_use, KEEP, b->count);
+    size_t holding = chunks_holding(p + (n - KEEP), KEEP, b);
+    CHECK(v.chunks == holding + (v.spare != NULL),
+          "class %u keeps %zu chunks; want the %zu holding blocks + %d spare", cls, v.chunks,
+          holding, v.spare != NULL);
+    CHECK_HEAP("a bin collapsed");
+    return p;
+}
+
+static void free_rest(void **p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            memalloc_free(p[i]);
+    free(p);
+}
+
+static void *collapse_thread(void *arg)
+{
+    struct collapse_ctx *x = arg;
+    unsigned cls = x->cls;
+    size_t size = memalloc_classes[cls].size;
+    struct tcache *t;
+    void **p = malloc_then_free(x, &t);
+    struct tbin *b = &t->bins[cls];
+
+    if (x->own_refill) {
+        /* malloc until the bin runs dry and refills from the class. */
+        uint32_t r0 = view(cls).refills;
+        void *extra[16];
+        size_t m = 0;
+        while (m < 16 && view(cls).refills == r0)
+            extra[m++] = xmalloc_block(size);
+        CHECK(view(cls).refills != r0, "%zu mallocs of a collapsed bin caused no refill", m);
+        CHECK(m <= (size_t)collapsed_max(cls) + 1,
+              "%zu mallocs before the refill, but the bin held at most %u", m,
+              collapsed_max(cls));
+        CHECK(b->max == normal_max(cls) && b->flushed == 0,
+              "after its own refill the bin has max %u flushed %#x; want max %u flushed 0",
+              b->max, b->flushed, normal_max(cls));
+        /* The next class has the same normal limit, and this thread never
+         * used it: its bin still has the limit it was created with. */
+        unsigned next = cls + 1;
+        if (normal_max(next) == normal_max(cls) && t->bins[next].count == 0 &&
+            t->bins[next].flushed == 0)
+            CHECK(b->max == t->bins[next].max, "restored max %u differs from an unused bin's %u",
+                  b->max, t->bins[next].max);
+        CHECK_HEAP("refilling a collapsed bin");
+        for (size_t i = 0; i < m; i++)
+            memalloc_free(extra[i]);
+    } else {
+        /* Another thread refills the class; the next time this bin fills
+         * it must see that and return to its normal limit. */
+        pthread_barrier_wait(x->bar);           /* collapsed: go ahead */
+        pthread_barrier_wait(x->bar);           /* the helper has refilled */
+        for (size_t i = x->n - KEEP; i < x->n; i++) {
+            memalloc_free(p[i]);
+            p[i] = NULL;
+        }
+        fprintf(stderr, "wanted: after another thread's refill and %d frees: bin count %u max "
+                "%u flushed %#x\n", KEEP, b->count, b->max, b->flushed);
+        CHECK(b->flushed != COLLAPSED_MARK && b->max == normal_max(cls),
+              "class %u bin still collapsed after another thread refilled the class: max %u "
+              "flushed %#x (want max %u)", cls, b->max, b->flushed, normal_max(cls));
+        CHECK_HEAP("un-collapsing on another thread's refill");
+    }
+    free_rest(p, x->n);
+    return NULL;
+}
+
+struct helper_ctx {
+    unsigned cls;
+    uint32_t refills_before, refills_after;
+};
+
+static void *refill_helper(void *arg)
+{
+    struct helper_ctx *h = arg;
+    h->refills_before = view(h->cls).refills;
+    void *q = xmalloc_block(memalloc_classes[h->cls].size);
+    h->refills_after = view(h->cls).refills;
+    memalloc_free(q);
+    return NULL;
+}
+
+/* The chunks that the class's parked batches hold blocks of. */
+static size_t parked_chunks(unsigned cls)
+{
+    struct size_class *sc = &memalloc_classes[cls];
+    struct chunk *seen[64];
+    size_t n = 0;
+    pthread_mutex_lock(&sc->lock);
+    for (unsigned i = 0; i < sc->parked; i++)
+        for (void **q = sc->parked_list[i]; q; q = link_reveal(q, q[0])) {
+            struct chunk *c = chunk_of(q);
+            size_t j = 0;
+            while (j < n && seen[j] != c)
+                j++;
+            if (j == n && n < 64)
+                seen[n++] = c;
+        }
+    pthread_mutex_unlock(&sc->lock);
+    return n;
+}
+
+static void test_collapse(void)
+{
+    size_t n = UNDER_VALGRIND() ? 20000 : 100000;
+
+    struct collapse_ctx own = {.cls = fresh_class(48), .n = n, .own_refill = true};
+    run_thread(collapse_thread, &own);
+    struct class_view v = view(own.cls);
+    CHECK(v.in_use == v.parked, "class %u after its thread exited: in_use %zu parked %zu",
+          own.cls, v.in_use, v.parked);
+    CHECK(v.chunks <= 1 + parked_chunks(own.cls), "class %u keeps %zu chunks with nothing in "
+          "use, %zu of them holding parked blocks", own.cls, v.chunks, parked_chunks(own.cls));
+    CHECK_HEAP("the collapsing thread exited");
+
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    struct collapse_ctx other = {.cls = fresh_class(64), .n = 4000, .bar = &bar};
+    pthread_t t;
+    if (pthread_create(&t, NULL, collapse_thread, &other)) {
+        fprintf(stderr, "%s: pthread_create failed\n", __FILE__);
+        exit(1);
+    }
+    pthread_barrier_wait(&bar);
+    struct helper_ctx h = {.cls = other.cls};
+    run_thread(refill_helper, &h);
+    CHECK(h.refills_after != h.refills_before, "the helper's malloc did not refill class %u",
+          other.cls);
+    pthread_barrier_wait(&bar);
+    pthread_join(t, NULL);
+    pthread_barrier_destroy(&bar);
+    v = view(other.cls);
+    CHECK(v.in_use == v.parked, "class %u after both threads exited: in_use %zu parked %zu",
+          other.cls, v.in_use, v.parked);
+    CHECK_HEAP("the un-collapsed thread exited");
+}
+
 /* ---- exit: a thread's cached blocks go back ----------------------------------- */
 
 static const size_t exit_sizes[] = {112, 320, 2048, 6144};
@@ -370,9 +610,10 @@ static void *exit_thread(void *arg)
     void *p[64];
     /* Each class: as many blocks as its bin holds at first, malloc'd and
      * freed three times; they all end up in the bin (a refill brings half a
-     * bin, so the bin may have grown once), none parked. */
+     * bin), none parked. */
     for (size_t k = 0; k < EXIT_CLASSES; k++) {
-        size_t size = memalloc_classes[x->cls[k]].size, m = normal_max(x->cls[k]);
+        /* Whole refills: a bin of an odd limit would overflow by one. */
+        size_t size = memalloc_classes[x->cls[k]].size, m = normal_max(x->cls[k]) / 2 * 2;
         for (int round = 0; round < 3; round++) {
             for (size_t i = 0; i < m; i++)
                 p[i] = xmalloc_block(size);
@@ -451,8 +692,8 @@ struct pipe_ctx {
     void *q[QCAP];
     size_t head, tail;              /* monotonic: tail - head items queued */
     /* the consumer's findings */
-    size_t over_max, frees;
-    uint32_t end_max, end_count;
+    size_t collapsed_seen, frees;
+    uint32_t end_max, end_flushed, end_count;
     uint32_t refills_seen;
 };
 
@@ -491,11 +732,12 @@ static void *consumer(void *arg)
         pthread_mutex_unlock(&x->lock);
         memalloc_free(p);
         x->frees++;
-        if (t && t->bins[x->cls].count > t->bins[x->cls].max)
-            x->over_max++;
+        if (t && t->bins[x->cls].flushed == COLLAPSED_MARK)
+            x->collapsed_seen++;
     }
     if (t) {
         x->end_max = t->bins[x->cls].max;
+        x->end_flushed = t->bins[x->cls].flushed;
         x->end_count = t->bins[x->cls].count;
     }
     x->refills_seen = view(x->cls).refills - r0;
@@ -512,41 +754,146 @@ static void test_pipe(void)
     pthread_cond_init(&x.not_empty, NULL);
     pthread_cond_init(&x.not_full, NULL);
     run_pair(consumer, producer, &x);
-    fprintf(stderr, "pipe: class %u, %zu blocks: %u refills; consumer bin count %u max %u\n",
-            x.cls, x.n, x.refills_seen, x.end_count, x.end_max);
+    fprintf(stderr, "pipe: class %u, %zu blocks: %u refills; consumer bin count %u max %u "
+            "flushed %#x, seen collapsed after %zu of its frees\n", x.cls, x.n, x.refills_seen,
+            x.end_count, x.end_max, x.end_flushed, x.collapsed_seen);
     CHECK(x.refills_seen > 0, "the producer never refilled class %u", x.cls);
-    CHECK(x.frees == x.n, "the consumer freed %zu of %zu blocks", x.frees, x.n);
-    CHECK(x.over_max == 0, "the consumer's bin of class %u held more than its limit after %zu "
-          "of its %zu frees", x.cls, x.over_max, x.frees);
+    CHECK(x.end_flushed != COLLAPSED_MARK,
+          "the consumer's bin of class %u ended collapsed (max %u) although the producer keeps "
+          "refilling the class", x.cls, x.end_max);
+    CHECK(x.collapsed_seen == 0,
+          "the consumer's bin of class %u was collapsed after %zu of its %zu frees", x.cls,
+          x.collapsed_seen, x.frees);
     struct class_view v = view(x.cls);
     CHECK(v.in_use == v.parked, "class %u after both threads exited: in_use %zu parked %zu",
           x.cls, v.in_use, v.parked);
     CHECK_HEAP("the producer and the consumer exited");
 }
 
-/* ---- main ------------------------------------------------------------------------ */
+/* ---- lockstep: only consecutive batches without a refill collapse ------------- */
 
-/* ---- growth: bins grow while churned, within a per-thread cap --------------- */
+#define LS_BATCH 64                 /* the consumer's bin: two flushes a round */
+#define LS_ROUNDS 24
+#define LS_STASH (20 * LS_BATCH)
 
-#define GROWTH_CAP_BYTES ((size_t)256 << 10)   /* THREAD_GROWTH_BYTES (tcache.c) */
+struct lockstep_ctx {
+    unsigned cls;
+    pthread_barrier_t bar;
+    void *slot[LS_BATCH];
+    void *stash[LS_STASH];
+    uint32_t refills[LS_ROUNDS];    /* class refills during each producer round */
+    int first_collapsed;            /* first round the consumer's bin was collapsed, or -1 */
+    uint32_t one_flushed, one_max;  /* consumer's bin after one batch with no refill */
+    uint32_t end_flushed, end_max, end_count;
+    size_t end_parked;
+};
 
-static unsigned cap_max(unsigned cls)   /* bin_cap: 64 KiB of blocks, 2..1024 */
+/* Each round: LS_BATCH mallocs, which refill the class at least once (a bin
+ * never keeps LS_BATCH blocks across a round), then the consumer frees them. */
+static void *ls_producer(void *arg)
 {
-    size_t n = ((size_t)64 << 10) / memalloc_classes[cls].size;
-    return n < 2 ? 2 : n > 1024 ? 1024 : (unsigned)n;
+    struct lockstep_ctx *x = arg;
+    size_t size = memalloc_classes[x->cls].size;
+    for (size_t i = 0; i < LS_STASH; i++)
+        x->stash[i] = xmalloc_block(size);
+    for (int r = 0; r < LS_ROUNDS; r++) {
+        uint32_t r0 = view(x->cls).refills;
+        for (size_t i = 0; i < LS_BATCH; i++)
+            x->slot[i] = xmalloc_block(size);
+        x->refills[r] = view(x->cls).refills - r0;
+        pthread_barrier_wait(&x->bar);
+        pthread_barrier_wait(&x->bar);
+    }
+    pthread_barrier_wait(&x->bar);          /* the consumer's last lockstep batch */
+    return NULL;
 }
 
+static void *ls_consumer(void *arg)
+{
+    struct lockstep_ctx *x = arg;
+    memalloc_free(xmalloc_block(16));       /* this thread's cache */
+    struct tcache *t = tcache_current();
+    CHECK(t != NULL, "the lockstep consumer has no cache");
+    if (!t)
+        exit(1);
+    struct tbin *b = &t->bins[x->cls];
+    x->first_collapsed = -1;
+    for (int r = 0; r < LS_ROUNDS; r++) {
+        pthread_barrier_wait(&x->bar);
+        for (size_t i = 0; i < LS_BATCH; i++)
+            memalloc_free(x->slot[i]);
+        if (b->flushed == COLLAPSED_MARK && x->first_collapsed < 0)
+            x->first_collapsed = r;
+        pthread_barrier_wait(&x->bar);
+    }
+    /* One batch more, while the producer does nothing: the class was
+     * refilled during each of the last LS_ROUNDS batches but not this one. */
+    pthread_barrier_wait(&x->bar);
+    for (size_t i = 0; i < LS_BATCH; i++)
+        memalloc_free(x->stash[i]);
+    x->one_flushed = b->flushed;
+    x->one_max = b->max;
+    /* Nobody refills any more: after COLLAPSE_BATCHES batches more it must
+     * collapse. */
+    for (size_t i = LS_BATCH; i < LS_STASH; i++)
+        memalloc_free(x->stash[i]);
+    x->end_flushed = b->flushed;
+    x->end_max = b->max;
+    x->end_count = b->count;
+    x->end_parked = view(x->cls).parked;
+    CHECK_HEAP("the lockstep consumer's last free");
+    return NULL;
+}
+
+static void test_lockstep(void)
+{
+    static struct lockstep_ctx x;
+    x.cls = fresh_class(128);
+    CHECK(normal_max(x.cls) == LS_BATCH, "class %u bin limit %u, the test assumes %d", x.cls,
+          normal_max(x.cls), LS_BATCH);
+    pthread_barrier_init(&x.bar, NULL, 2);
+    run_pair(ls_consumer, ls_producer, &x);
+    pthread_barrier_destroy(&x.bar);
+    int no_refill = -1;
+    for (int r = 0; r < LS_ROUNDS; r++)
+        if (x.refills[r] == 0 && no_refill < 0)
+            no_refill = r;
+    fprintf(stderr, "lockstep: class %u: %d rounds of %d, consumer bin collapsed in round %d; "
+            "after one batch without a refill: max %u flushed %#x; at the end: count %u max %u "
+            "flushed %#x parked %zu\n", x.cls, LS_ROUNDS, LS_BATCH, x.first_collapsed,
+            x.one_max, x.one_flushed, x.end_count, x.end_max, x.end_flushed, x.end_parked);
+    CHECK(no_refill < 0, "the producer's round %d did not refill class %u", no_refill, x.cls);
+    CHECK(x.first_collapsed < 0, "the consumer's bin collapsed in round %d although every round "
+          "refilled the class", x.first_collapsed);
+    CHECK(x.one_flushed != COLLAPSED_MARK,
+          "the consumer's bin collapsed after a single batch without a refill of the class "
+          "(the %d before it each saw one); it takes %d in a row", LS_ROUNDS, 16);
+    CHECK(x.end_flushed == COLLAPSED_MARK && x.end_max == collapsed_max(x.cls) &&
+              x.end_count <= x.end_max,
+          "after %d batches with no refill the bin is not collapsed: count %u max %u flushed %#x",
+          LS_STASH / LS_BATCH - 1, x.end_count, x.end_max, x.end_flushed);
+    CHECK(x.end_parked == 0, "class %u parks %zu blocks after the bin collapsed", x.cls,
+          x.end_parked);
+    struct class_view v = view(x.cls);
+    CHECK(v.in_use == v.parked && v.parked == 0,
+          "class %u after both threads exited: in_use %zu parked %zu", x.cls, v.in_use, v.parked);
+    CHECK_HEAP("the lockstep threads exited");
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+/* ---- limits: bins keep their size ------------------------------------------- */
+
 /* Rounds of: malloc more blocks of each class than its bin holds (the bin
- * runs dry and refills), then free them all (it overflows): each round lets
- * every bin double once, as far as the caps allow. */
+ * runs dry and refills), then free them all (it overflows). */
 static void churn(const size_t *sizes, size_t nsizes, int rounds)
 {
-    enum { MOST = 1100 };
+    enum { MOST = 200 };
     void **p = xcalloc(MOST, sizeof *p);
     for (int r = 0; r < rounds; r++)
         for (size_t k = 0; k < nsizes; k++) {
             unsigned cls = size_to_class(sizes[k]);
-            size_t n = cap_max(cls) + cap_max(cls) / 2;
+            size_t n = normal_max(cls) * 3;
             if (n > MOST)
                 n = MOST;
             for (size_t i = 0; i < n; i++)
@@ -557,29 +904,7 @@ static void churn(const size_t *sizes, size_t nsizes, int rounds)
     free(p);
 }
 
-static size_t grown(const struct tcache *t)
-{
-    size_t n = 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++)
-        if (t->bins[c].max > normal_max(c))
-            n += (size_t)(t->bins[c].max - normal_max(c)) * memalloc_classes[c].size;
-    return n;
-}
-
-static void *growth_one_thread(void *arg)
-{
-    (void)arg;
-    const size_t size = 64;
-    churn(&size, 1, 8);
-    const struct tcache *t = tcache_current();
-    unsigned cls = size_to_class(size);
-    CHECK(t && t->bins[cls].max == cap_max(cls),
-          "one churned class: bin limit %u, want its cap %u", t ? t->bins[cls].max : 0,
-          cap_max(cls));
-    return NULL;
-}
-
-static void *growth_many_thread(void *arg)
+static void *limits_thread(void *arg)
 {
     (void)arg;
     size_t sizes[40];
@@ -590,21 +915,17 @@ static void *growth_many_thread(void *arg)
     CHECK(t != NULL, "no cache after churning");
     if (!t)
         return NULL;
-    size_t g = grown(t), over = 0;
+    size_t off = 0;
     for (unsigned c = 0; c < TC_CLASSES; c++)
-        over += t->bins[c].max > cap_max(c);
-    CHECK(g > 0 && g <= GROWTH_CAP_BYTES,
-          "40 churned classes grew their bins by %zu bytes in all, want 1..%zu", g,
-          GROWTH_CAP_BYTES);
-    CHECK(over == 0, "%zu bins past their cap", over);
+        off += t->bins[c].max != normal_max(c) || t->bins[c].count > t->bins[c].max;
+    CHECK(off == 0, "%zu bins changed their limit or hold more than it", off);
     return NULL;
 }
 
-static void test_growth(void)
+static void test_limits(void)
 {
-    run_thread(growth_one_thread, NULL);
-    run_thread(growth_many_thread, NULL);
-    CHECK_HEAP("growth");
+    run_thread(limits_thread, NULL);
+    CHECK_HEAP("limits");
 }
 
 static void watchdog(int sig)
@@ -631,9 +952,11 @@ int main(int argc, char **argv)
 
     test_spare();
     test_reuse();
+    test_collapse();
     test_exit();
+    test_lockstep();
     test_pipe();
-    test_growth();              /* last: it touches many classes */
+    test_limits();              /* last: it touches many classes */
 
     if (check_report(__FILE__))
         return 1;
