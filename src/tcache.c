@@ -39,31 +39,43 @@ static struct tcache *all_caches;
 void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
-/* A bin holds up to 16 KiB of its class, between 2 and 64 blocks; it
- * takes and gives back half of that at a time.
+/* A bin starts out holding up to 16 KiB of its class (between 2 and 64
+ * blocks) and takes and gives back half of its limit at a time.  A bin
+ * that keeps running dry and overflowing in turn, because the program
+ * holds more of the class at once than that, doubles its limit, up to
+ * 64 KiB (at most 1024 blocks): the class lock is then taken once per many
+ * operations again.  Growth past the starting limits is capped at 256 KiB
+ * per thread, summed over its bins, so that a program whose threads each
+ * churn dozens of classes does not pay up to 64 KiB for every one of them
+ * in every thread.  (A soft cap: a refill that receives a whole parked
+ * batch from another thread's bigger bin keeps it.)
  *
- * A bin that flushed COLLAPSE_BATCHES batches (or COLLAPSE_BYTES, if that
- * is fewer batches of a big class) without a refill of its own, while no
- * thread refilled the class either, serves a thread that only frees that
- * class and nobody wants the blocks back: caching them buys nothing and
- * pins a block, and so a page, in every chunk they came from.  Such a bin
- * collapses: its class's parked batches go back to their chunks, and the
- * bin keeps only an eighth of its usual limit (1 to 8 blocks), flushed
- * whole each time it fills, until a refill of the bin or of the class by
- * another thread turns it back. */
-#define BIN_MOST 64                 /* no bin ever holds more */
-#define BIN_BYTES ((size_t)16 << 10)
+ * The other way round, a bin that flushed COLLAPSE_BATCHES batches (or
+ * COLLAPSE_BYTES, if that is fewer batches of a big class) without a
+ * refill of its own, while no thread refilled the class either, serves a
+ * thread that only frees that class and nobody wants the blocks back:
+ * caching them buys nothing and pins a block, and so a page, in every
+ * chunk they came from.  Such a bin collapses: its class's parked batches
+ * go back to their chunks, and the bin keeps only an eighth of its usual
+ * limit (1 to 8 blocks), flushed whole each time it fills, until a refill
+ * of the bin or of the class by another thread turns it back. */
+#define BIN_MOST 1024               /* no bin ever holds more */
+#define BIN_START_BYTES ((size_t)16 << 10)
+#define BIN_CAP_BYTES ((size_t)64 << 10)
+#define THREAD_GROWTH_BYTES ((size_t)256 << 10)
 #define COLLAPSE_BATCHES 16
 #define COLLAPSE_BYTES ((size_t)128 << 10)
 #define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
 
-static uint16_t bin_max(unsigned cls)
+static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
     if (cls >= TC_CLASSES)
         return 0;
-    size_t n = BIN_BYTES / memalloc_classes[cls].size;
-    return (uint16_t)(n < 2 ? 2 : n > BIN_MOST ? BIN_MOST : n);
+    size_t n = bytes / memalloc_classes[cls].size;
+    return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
 }
+static uint16_t bin_max(unsigned cls) { return bin_limit(cls, BIN_START_BYTES, 64); }
+static uint16_t bin_cap(unsigned cls) { return bin_limit(cls, BIN_CAP_BYTES, BIN_MOST); }
 
 static uint16_t bin_collapsed(unsigned cls)
 {
@@ -82,8 +94,10 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
         return NULL;
-    b->head = list;                 /* keyed and linked by the class; a parked */
-    b->count = got;                 /* batch is half a bin of the class too */
+    b->head = list;                 /* keyed and linked by the class */
+    b->count = got;
+    if (b->count > b->max)          /* a parked batch from a bigger bin */
+        b->max = (uint16_t)b->count;
     b->flushed = 0;
     return tcache_pop(t, cls);
 }
@@ -171,11 +185,31 @@ static bool class_wanted(struct tcache *t, unsigned cls)
     return wanted;
 }
 
-/* Bin cls is full: flush half of it, parked for another thread's refill if
- * some thread refilled the class meanwhile, or collapse it. */
+/* How far t's bins have grown past their starting limits, in bytes. */
+static size_t grown_bytes(const struct tcache *t)
+{
+    size_t n = 0;
+    for (unsigned c = 0; c < TC_CLASSES; c++) {
+        uint16_t base = bin_max(c);
+        if (t->bins[c].max > base)
+            n += (size_t)(t->bins[c].max - base) * memalloc_classes[c].size;
+    }
+    return n;
+}
+
+/* Bin cls is full: grow it; or flush half of it, parked for another
+ * thread's refill if some thread refilled the class meanwhile; or
+ * collapse it. */
 static void make_room(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
+    uint16_t cap = bin_cap(cls);
+    if (b->flushed == 0 && b->max < cap &&  /* refilled since the last overflow: grow */
+        grown_bytes(t) + (size_t)b->max * memalloc_classes[cls].size <= THREAD_GROWTH_BYTES) {
+        b->max = (uint16_t)(b->max * 2 < cap ? b->max * 2 : cap);
+        b->flushed = 1;
+        return;
+    }
     bool wanted = class_wanted(t, cls);
     uint32_t batch = b->max / 2 ? b->max / 2 : 1;
     flush(t, cls, batch, wanted);

@@ -30,8 +30,8 @@
  *             itself.
  *   lockstep  a producer and a consumer thread take turns: 24 rounds in
  *             which the producer mallocs 64 blocks (refilling the class at
- *             least once) and the consumer frees them (two flushes of its
- *             bin each); the consumer's bin never collapses, not even after one
+ *             least once) and the consumer frees them (one flush of its bin
+ *             each); the consumer's bin never collapses, not even after one
  *             more batch with no refill (collapsing takes COLLAPSE_BATCHES
  *             of those in a row), but does collapse after 19 more.
  *   pipe      a producer thread mallocs 60000 blocks and hands them through
@@ -39,9 +39,10 @@
  *             consumer's bin (it never refills) must never collapse, at any
  *             point, since the producer keeps refilling the class (it lags
  *             by at most one batch); no block is lost.
- *   limits    a thread that churns 40 classes (mallocs more than each bin
- *             holds, then frees them all, eight times) leaves every bin at
- *             its fixed limit, holding no more than it.
+ *   growth    a thread that churns one class (mallocs more than its bin
+ *             holds, then frees them all, eight times) grows that bin to its
+ *             cap (64 KiB of blocks); one that churns 40 classes grows its
+ *             bins by more than nothing and at most 256 KiB in all.
  * memalloc_check() == 0 after every phase.  With MALLOC_PERTURB_ set (meson
  * test sets it) frees take tcache_free_slow, not the inline hot path, so the
  * whole run is repeated in a re-executed copy without it (not under
@@ -610,10 +611,9 @@ static void *exit_thread(void *arg)
     void *p[64];
     /* Each class: as many blocks as its bin holds at first, malloc'd and
      * freed three times; they all end up in the bin (a refill brings half a
-     * bin), none parked. */
+     * bin, so the bin may have grown once), none parked. */
     for (size_t k = 0; k < EXIT_CLASSES; k++) {
-        /* Whole refills: a bin of an odd limit would overflow by one. */
-        size_t size = memalloc_classes[x->cls[k]].size, m = normal_max(x->cls[k]) / 2 * 2;
+        size_t size = memalloc_classes[x->cls[k]].size, m = normal_max(x->cls[k]);
         for (int round = 0; round < 3; round++) {
             for (size_t i = 0; i < m; i++)
                 p[i] = xmalloc_block(size);
@@ -772,7 +772,7 @@ static void test_pipe(void)
 
 /* ---- lockstep: only consecutive batches without a refill collapse ------------- */
 
-#define LS_BATCH 64                 /* the consumer's bin: two flushes a round */
+#define LS_BATCH 64                 /* the consumer's flush batch: half its grown bin */
 #define LS_ROUNDS 24
 #define LS_STASH (20 * LS_BATCH)
 
@@ -882,18 +882,27 @@ static void test_lockstep(void)
 
 /* ---- main ------------------------------------------------------------------------ */
 
-/* ---- limits: bins keep their size ------------------------------------------- */
+/* ---- growth: bins grow while churned, within a per-thread cap --------------- */
+
+#define GROWTH_CAP_BYTES ((size_t)256 << 10)   /* THREAD_GROWTH_BYTES (tcache.c) */
+
+static unsigned cap_max(unsigned cls)   /* bin_cap: 64 KiB of blocks, 2..1024 */
+{
+    size_t n = ((size_t)64 << 10) / memalloc_classes[cls].size;
+    return n < 2 ? 2 : n > 1024 ? 1024 : (unsigned)n;
+}
 
 /* Rounds of: malloc more blocks of each class than its bin holds (the bin
- * runs dry and refills), then free them all (it overflows). */
+ * runs dry and refills), then free them all (it overflows): each round lets
+ * every bin double once, as far as the caps allow. */
 static void churn(const size_t *sizes, size_t nsizes, int rounds)
 {
-    enum { MOST = 200 };
+    enum { MOST = 1100 };
     void **p = xcalloc(MOST, sizeof *p);
     for (int r = 0; r < rounds; r++)
         for (size_t k = 0; k < nsizes; k++) {
             unsigned cls = size_to_class(sizes[k]);
-            size_t n = normal_max(cls) * 3;
+            size_t n = cap_max(cls) + cap_max(cls) / 2;
             if (n > MOST)
                 n = MOST;
             for (size_t i = 0; i < n; i++)
@@ -904,7 +913,29 @@ static void churn(const size_t *sizes, size_t nsizes, int rounds)
     free(p);
 }
 
-static void *limits_thread(void *arg)
+static size_t grown(const struct tcache *t)
+{
+    size_t n = 0;
+    for (unsigned c = 0; c < TC_CLASSES; c++)
+        if (t->bins[c].max > normal_max(c))
+            n += (size_t)(t->bins[c].max - normal_max(c)) * memalloc_classes[c].size;
+    return n;
+}
+
+static void *growth_one_thread(void *arg)
+{
+    (void)arg;
+    const size_t size = 64;
+    churn(&size, 1, 8);
+    const struct tcache *t = tcache_current();
+    unsigned cls = size_to_class(size);
+    CHECK(t && t->bins[cls].max == cap_max(cls),
+          "one churned class: bin limit %u, want its cap %u", t ? t->bins[cls].max : 0,
+          cap_max(cls));
+    return NULL;
+}
+
+static void *growth_many_thread(void *arg)
 {
     (void)arg;
     size_t sizes[40];
@@ -915,17 +946,21 @@ static void *limits_thread(void *arg)
     CHECK(t != NULL, "no cache after churning");
     if (!t)
         return NULL;
-    size_t off = 0;
+    size_t g = grown(t), over = 0;
     for (unsigned c = 0; c < TC_CLASSES; c++)
-        off += t->bins[c].max != normal_max(c) || t->bins[c].count > t->bins[c].max;
-    CHECK(off == 0, "%zu bins changed their limit or hold more than it", off);
+        over += t->bins[c].max > cap_max(c);
+    CHECK(g > 0 && g <= GROWTH_CAP_BYTES,
+          "40 churned classes grew their bins by %zu bytes in all, want 1..%zu", g,
+          GROWTH_CAP_BYTES);
+    CHECK(over == 0, "%zu bins past their cap", over);
     return NULL;
 }
 
-static void test_limits(void)
+static void test_growth(void)
 {
-    run_thread(limits_thread, NULL);
-    CHECK_HEAP("limits");
+    run_thread(growth_one_thread, NULL);
+    run_thread(growth_many_thread, NULL);
+    CHECK_HEAP("growth");
 }
 
 static void watchdog(int sig)
@@ -956,7 +991,7 @@ int main(int argc, char **argv)
     test_exit();
     test_lockstep();
     test_pipe();
-    test_limits();              /* last: it touches many classes */
+    test_growth();              /* last: it touches many classes */
 
     if (check_report(__FILE__))
         return 1;
