@@ -12,8 +12,12 @@
  *   - it purges what nobody used for MEMALLOC_PURGE_DELAY milliseconds
  *     (jemalloc's dirty_decay_ms, mimalloc's purge_delay), and spares the
  *     rest, which a program that shrinks and regrows is about to reuse;
- *     when nothing was allocated since the previous pass, nothing can be
- *     reused and only busy chunks are spared (chunk.c says which);
+ *     when nothing was allocated since the previous pass, the program is
+ *     freeing for good, and the last of it would otherwise wait for a pass
+ *     that may never come: only busy chunks are spared (chunk.c says which)
+ *     - unless the pages that passes purged keep coming back into use, each
+ *     paying a page fault, which is what a program that shrinks and
+ *     regrows does (reusing());
  *   - with MEMALLOC_BACKGROUND=1 a thread, started at the first call here,
  *     runs a pass every half delay (10 ms to 1 s) while anything waits.
  * Invariants: one pass at a time (memalloc_pass_running); no lock is held
@@ -91,6 +95,25 @@ static void mark_pending(void)
     __atomic_store_n(&P.next_look, 0, __ATOMIC_RELAXED);
 }
 
+/* Do purged chunk pages come back into use?  A quarter or more of what
+ * passes purged lately was handed out again; the totals halve every
+ * 256 MiB purged, so old behaviour fades.  Called by the one thread
+ * running a pass. */
+static bool reusing(void)
+{
+    static size_t purged_seen, reused_seen, p, r;
+    size_t purged = chunk_purged_bytes(), reused = chunk_reused_bytes();
+    p += purged - purged_seen;
+    r += reused - reused_seen;
+    purged_seen = purged;
+    reused_seen = reused;
+    if (p > ((size_t)256 << 20)) {
+        p /= 2;
+        r /= 2;
+    }
+    return r > 0 && r >= p / 4;
+}
+
 /* One pass, unless another is under way.  The acquire here and the
  * release at the end hand the pass's own state (P's marks) from one pass
  * to the next, whichever threads run them. */
@@ -105,7 +128,7 @@ static void pass(uint64_t now)
     uint64_t delay = (uint64_t)option(OPT_PURGE_DELAY);
     struct sweep sw = {.before = now, .idle = now > delay ? now - delay : 0,
                        .oldest = UINT64_MAX};
-    if (allocs != P.allocs_at_pass)
+    if (allocs != P.allocs_at_pass || reusing())
         sw.before = sw.idle;
     P.allocs_at_pass = allocs;
     chunk_sweep(&sw);
