@@ -203,6 +203,7 @@ static void purge_chunk(struct chunk *c)
 }
 
 static size_t resident_estimate(const struct chunk *c);
+static void return_list(struct size_class *sc, void *list, unsigned n, uint32_t now);
 
 /* Purge every candidate that nobody touched after sw->before; count the
  * others as spared.  One class lock at a time. */
@@ -211,9 +212,19 @@ void chunk_sweep(struct sweep *sw)
     uint32_t before = (uint32_t)sw->before;
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         struct size_class *sc = &memalloc_classes[cls];
-        if (!__atomic_load_n(&sc->cand, __ATOMIC_RELAXED))
+        if (!__atomic_load_n(&sc->cand, __ATOMIC_RELAXED) &&
+            !__atomic_load_n(&sc->parked, __ATOMIC_RELAXED))
             continue;
         pthread_mutex_lock(&sc->lock);
+        /* Batches parked for refills that have not come for the whole
+         * delay go back to their chunks, dated as old as they are, so
+         * that this sweep can purge the chunks they kept busy. */
+        if (sc->parked && (int32_t)(sc->refilled - (uint32_t)sw->idle) <= 0)
+            while (sc->parked) {
+                sc->parked--;
+                return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked],
+                            (uint32_t)sw->idle);
+            }
         for (struct chunk *c = sc->cand, *next; c; c = next) {
             next = c->cand_next;
             /* Wrapping every 49 days: the touch is within 2^31 ms of now. */
@@ -233,12 +244,13 @@ void chunk_sweep(struct sweep *sw)
     }
 }
 
-/* Is any chunk waiting on a candidate list?  Racy: it only tells the
- * background thread whether a pass could find something. */
+/* Is any chunk waiting on a candidate list, or any batch parked?  Racy: it
+ * only tells the background thread whether a pass could find something. */
 bool chunk_listed(void)
 {
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++)
-        if (__atomic_load_n(&memalloc_classes[cls].cand, __ATOMIC_RELAXED))
+        if (__atomic_load_n(&memalloc_classes[cls].cand, __ATOMIC_RELAXED) ||
+            __atomic_load_n(&memalloc_classes[cls].parked, __ATOMIC_RELAXED))
             return true;
     return false;
 }
@@ -462,6 +474,7 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
     uint32_t now = (uint32_t)os_now_ms();
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
+    sc->refilled = now;
     struct chunk *c = partial_head(sc);
     if (unlikely(!c)) {
         c = chunk_new(sc, cls);
@@ -575,6 +588,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     uint32_t now = (uint32_t)os_now_ms();
     pthread_mutex_lock(&sc->lock);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
+    sc->refilled = now;
     if (sc->parked) {
         /* A parked batch goes out whole, whatever n says. */
         sc->parked--;

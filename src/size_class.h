@@ -47,6 +47,7 @@ struct size_class {
     uint16_t parked_count[XFER_SLOTS];
     void *parked_list[XFER_SLOTS];
     uint32_t refills;               /* batches or blocks handed out from the pool */
+    uint32_t refilled;              /* os_now_ms() (mod 2^32) of the last one */
     /* statistics, under the lock */
     size_t in_use, peak, chunks;
 } __attribute__((aligned(64)));

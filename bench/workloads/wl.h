@@ -8,6 +8,7 @@
 #define WL_H
 
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,9 +83,20 @@ static inline void wl_mark_start(double requested_bytes)
     wl_requested_kb = requested_bytes / 1024.0;
 }
 
-/* Call after the free phase: what the allocator kept resident. */
+/* Call after the free phase: what the allocator kept resident.  With
+ * WL_TRIM=1, after malloc_trim(0) (the allocator's best at that point);
+ * with WL_IDLE_MS=N, after N ms of sleep (what it gives back while the
+ * program is idle). */
 static inline void wl_after_free(void)
 {
+    const char *trim = getenv("WL_TRIM"), *idle = getenv("WL_IDLE_MS");
+    if (trim && atoi(trim))
+        malloc_trim(0);
+    if (idle && atoi(idle) > 0) {
+        struct timespec ts = {atoi(idle) / 1000, (long)(atoi(idle) % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    }
     wl_rss_after_free_kb = wl_status_kb("VmRSS:");
 }
 
