@@ -3,9 +3,9 @@
  * taken from the heap, keeps the chunks that have room on a list, trades
  * blocks with the thread caches in batches (parking whole batches that one
  * thread flushed for the next thread that refills), and gives the pages of
- * free blocks back to the kernel.
+ * free blocks back to the kernel when purge.c's passes sweep it.
  *
- * Invariants, under the class lock (checked by chunk_check):
+ * Invariants, under the class lock (check.c walks them):
  *   - a block is in use (bit set in used_map) or free; "in use" covers
  *     blocks held by the program, by thread caches and in parked batches
  *     alike; blocks from `carved` up were never handed out;
@@ -17,7 +17,7 @@
  *     is not the class's spare; an empty chunk is either the spare or given
  *     back to the heap at once;
  *   - a chunk is on its class's candidate list exactly when `listed`.
- * Free blocks on pages that are not purged carry the thread-cache key in
+ * Free blocks on pages that are not purged carry the free key in
  * their second word, so that freeing one again is noticed on the lock-free
  * path; the bitmap is what decides double frees and interior pointers
  * without a per-block header.

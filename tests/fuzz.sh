@@ -70,7 +70,7 @@ clang "${cflags[@]}" -fsanitize=fuzzer -fsanitize-coverage-ignorelist="$ignore" 
 clang "${cflags[@]}" $ub tests/fuzz/fuzz_threads.c tests/fuzz/driver.c $(lib "$out/plain") \
     -o "$out/fuzz_threads"
 
-purge=(MEMALLOC_PURGE_THRESHOLD=0 MEMALLOC_PURGE_SHARE=0 MEMALLOC_PURGE_DECAY=1)
+purge=(MEMALLOC_PURGE_THRESHOLD=0 MEMALLOC_PURGE_SHARE=0 MEMALLOC_PURGE_DELAY=0)
 variants=(ops_default ops_notcache ops_purge ops_perturb threads_default threads_notcache_purge)
 declare -A envs=(
     [ops_default]="MALLOC_PERTURB_=0"

@@ -1,6 +1,6 @@
 /*
  * test_purge.c - pages of free blocks inside chunks go back to the kernel
- * (src/chunk.c: purge_chunk, chunk_purge_pass, chunk_purge_everything,
+ * (src/chunk.c: purge_chunk, chunk_sweep, chunk_purge_everything,
  * unpurge), and everything that reads a chunk still works while some of
  * its pages are purged.  Each phase uses a size class nobody touched yet.
  *

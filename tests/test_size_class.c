@@ -191,7 +191,7 @@ int main(void)
           before.capacity == after.capacity && before.inv == after.inv && before.shift == after.shift,
           "classes_init() changed the table on a second run");
 
-    /* Class locks spin before they sleep (lazy_init makes them adaptive). */
+    /* Class locks spin before they sleep (chunk_init makes them adaptive). */
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         CHECK(memalloc_classes[c].lock.__data.__kind == PTHREAD_MUTEX_ADAPTIVE_NP,
               "class %u: lock kind %d, want adaptive", c, memalloc_classes[c].lock.__data.__kind);
