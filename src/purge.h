@@ -1,7 +1,9 @@
 /*
  * purge.h - giving pages back to the kernel: when a purge pass runs and
- * what it spares (purge.c).  Called from the slow paths above, never with
- * a lock held.
+ * what it spares (purge.c).
+ *
+ * Invariants: called from the slow paths above, never with a lock held;
+ * one pass at a time (memalloc_pass_running).
  */
 #ifndef MEMALLOC_PURGE_H
 #define MEMALLOC_PURGE_H
