@@ -20,7 +20,8 @@
  *     program keeps what the passes spared, and no thread ever starts: the
  *     scenario needs it.
  * Scheduling on a loaded machine is given a second interval of grace
- * before a check fails.  Not under valgrind (its break holds 8 MiB).
+ * before a check fails.  Not under valgrind (its break holds 8 MiB); no
+ * fork child under qemu-user, which cannot start a thread there.
  */
 #define _GNU_SOURCE
 #include <stdbool.h>
@@ -138,6 +139,8 @@ static size_t idle_rss(size_t limit)
 /* fork_child: the process is a fork child, whose resident memory at the
  * start counts pages it shares with its parent: there the check is that
  * its own thread gave back memory while it idled. */
+static int base_threads;            /* at the start: qemu-user counts its own */
+
 static void scenario(const char *who, bool background, bool fork_child)
 {
     void *keep[1024];
@@ -164,8 +167,8 @@ static void scenario(const char *who, bool background, bool fork_child)
         CHECK(rss <= limit, "%s: idle for twice the delay, resident %zu KiB, more than %zu KiB "
               "before + %zu KiB held + %zu MiB", who, rss >> 10, before >> 10, held >> 10,
               slack >> 20);
-        CHECK(threads_now() == threads0 + (threads0 == 1), "%s: %d threads, had %d", who,
-              threads_now(), threads0);
+        CHECK(threads_now() == base_threads + 1, "%s: %d threads, had %d", who, threads_now(),
+              threads0);
     } else {
         CHECK(rss > limit, "%s: without the background thread, resident %zu KiB is already "
               "within %zu KiB: the scenario does not need the thread", who, rss >> 10,
@@ -201,13 +204,17 @@ int main(int argc, char **argv)
         return check_report(__FILE__);
     }
     bool background = strcmp(bg, "1") == 0;
-    CHECK(threads_now() == 1, "%d threads before the first free", threads_now());
+    base_threads = threads_now();
     scenario(background ? "background" : "no thread", background, false);
-    if (background) {
+    /* qemu-user cannot start a thread in the fork child of a threaded
+     * guest (it asserts in its vCPU set-up): no fork under emulation. */
+    const char *wrap = getenv("MESON_EXE_WRAPPER");
+    if (background && !(wrap && *wrap)) {
         fflush(NULL);
         pid_t pid = fork();
         if (pid == 0) {
             CHECK(threads_now() == 1, "the fork child has %d threads", threads_now());
+            base_threads = 1;
             scenario("fork child", true, true);
             _exit(check_report("fork child") == 0 ? 0 : 1);
         }
