@@ -66,6 +66,12 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 #define COLLAPSE_BATCHES 16
 #define COLLAPSE_BYTES ((size_t)128 << 10)
 #define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
+/* A bin that never refilled takes only FIRST_BATCH blocks at its first
+ * refill: a thread that lives for a few allocations (a worker per request)
+ * then does not carve, and hand back at its exit, half a bin of every class
+ * it touched. */
+#define FRESH 0xfffe                /* tbin.flushed of a bin never refilled */
+#define FIRST_BATCH 4
 
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
@@ -90,8 +96,11 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     struct tbin *b = &t->bins[cls];
     if (b->flushed == COLLAPSED)
         b->max = bin_max(cls);
+    unsigned want = b->max / 2 ? b->max / 2 : 1;
+    if (b->flushed == FRESH && want > FIRST_BATCH)
+        want = FIRST_BATCH;
     void *list;
-    unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
+    unsigned got = chunk_alloc_batch(cls, &list, want);
     if (!got)
         return NULL;
     b->head = list;                 /* keyed and linked by the class */
@@ -125,7 +134,8 @@ static void flush(struct tcache *t, unsigned cls, uint32_t n, bool park)
 void tcache_flush_all(struct tcache *t)
 {
     for (unsigned c = 0; c < TC_CLASSES; c++)
-        flush(t, c, t->bins[c].count, false);
+        if (t->bins[c].count)
+            flush(t, c, t->bins[c].count, false);
 }
 
 /* ---- double-free decision ------------------------------------------------------ */
@@ -204,6 +214,8 @@ static void make_room(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
     uint16_t cap = bin_cap(cls);
+    if (b->flushed == FRESH)        /* overflowed before it ever refilled */
+        b->flushed = 1;
     if (b->flushed == 0 && b->max < cap &&  /* refilled since the last overflow: grow */
         grown_bytes(t) + (size_t)b->max * memalloc_classes[cls].size <= THREAD_GROWTH_BYTES) {
         b->max = (uint16_t)(b->max * 2 < cap ? b->max * 2 : cap);
@@ -306,10 +318,16 @@ static void thread_exit(void *arg)
     purge_maybe();
 }
 
+/* Every new cache starts as a copy of these: filled once, so that a
+ * short-lived thread pays no per-class arithmetic. */
+static struct tbin fresh_bins[TC_BINS];
+
 /* Without a key a cache could never be handed back at thread exit: then
  * there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
 void tcache_init(void)
 {
+    for (unsigned c = 0; c < TC_BINS; c++)
+        fresh_bins[c] = (struct tbin){.max = bin_max(c), .flushed = FRESH};
     exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
 }
 
@@ -324,9 +342,9 @@ struct tcache *tcache_create(void)
         tc_own = TC_NONE;
         return NULL;
     }
-    memset(t, 0, sizeof *t);
-    for (unsigned c = 0; c < TC_BINS; c++)
-        t->bins[c].max = bin_max(c);
+    memcpy(t->bins, fresh_bins, sizeof t->bins);
+    memset(t->seen_refills, 0, sizeof t->seen_refills);
+    t->next = t->prev = NULL;
     tcache_list_lock();
     t->next = all_caches;
     if (t->next)
