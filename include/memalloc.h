@@ -11,6 +11,7 @@
 #define MEMALLOC_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -77,6 +78,17 @@ struct memalloc_stats {
     size_t cached_bytes;        /* small blocks in thread caches / parked */
 };
 void memalloc_get_stats(struct memalloc_stats *out);
+
+/* How often memalloc's locks were taken, and how often a thread had to wait
+ * for one that another thread held: what limits scaling, counted on any
+ * machine.  Totals since the start. */
+struct memalloc_lock_stats {
+    uint64_t class_locks;       /* size-class locks taken                 */
+    uint64_t class_contended;   /* ... of those, after waiting            */
+    uint64_t heap_locks;        /* the heap-top lock taken                */
+    uint64_t heap_contended;    /* ... of those, after waiting            */
+};
+void memalloc_get_lock_stats(struct memalloc_lock_stats *out);
 
 #ifdef __cplusplus
 }

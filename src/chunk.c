@@ -78,6 +78,14 @@ static void partial_remove(struct size_class *sc, struct chunk *c)
 static size_t purged_bytes;         /* statistics, atomic */
 static size_t reused_bytes;         /* purged pages handed out again, atomic */
 
+/* Every class lock is taken here, and counted (stats.c reports it). */
+static inline void class_lock(struct size_class *sc)
+{
+    bool waited = lock_take(&sc->lock);
+    sc->locks++;
+    sc->contended += waited;
+}
+
 static inline bool candidate(const struct chunk *c)
 {
     if (c->size >= os_page())       /* each free block is whole pages */
@@ -215,7 +223,7 @@ void chunk_sweep(struct sweep *sw)
         if (!__atomic_load_n(&sc->cand, __ATOMIC_RELAXED) &&
             !__atomic_load_n(&sc->parked, __ATOMIC_RELAXED))
             continue;
-        pthread_mutex_lock(&sc->lock);
+        class_lock(sc);
         /* Batches parked for refills that have not come for the whole
          * delay go back to their chunks, dated as old as they are, so
          * that this sweep can purge the chunks they kept busy. */
@@ -260,7 +268,7 @@ void chunk_purge_everything(void)
 {
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         struct size_class *sc = &memalloc_classes[cls];
-        pthread_mutex_lock(&sc->lock);
+        class_lock(sc);
         for (struct chunk *c = sc->partial; c; c = c->next) {
             purge_chunk(c);
             cand_remove(sc, c);
@@ -472,7 +480,7 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
 {
     struct size_class *sc = &memalloc_classes[cls];
     uint32_t now = (uint32_t)os_now_ms();
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     sc->refilled = now;
     struct chunk *c = partial_head(sc);
@@ -529,7 +537,7 @@ static struct size_class *lock_class_of(struct chunk *c, const void *p, const ch
     if (c->s.kind != SPAN_CHUNK || cls >= NUM_CLASSES)
         fatal_pointer(func, "invalid pointer", p);
     struct size_class *sc = &memalloc_classes[cls];
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     return sc;
 }
 
@@ -586,7 +594,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
     void *head = NULL, **last = NULL;
     unsigned got = 0;
     uint32_t now = (uint32_t)os_now_ms();
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     __atomic_store_n(&sc->refills, sc->refills + 1, __ATOMIC_RELAXED);
     sc->refilled = now;
     if (sc->parked) {
@@ -655,7 +663,7 @@ void chunk_free_batch(unsigned cls, void *list, unsigned n, bool park)
 {
     struct size_class *sc = &memalloc_classes[cls];
     uint32_t now = (uint32_t)os_now_ms();
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     if (park && sc->parked < XFER_SLOTS) {
         sc->parked_list[sc->parked] = list;
         sc->parked_count[sc->parked] = (uint16_t)n;
@@ -673,7 +681,7 @@ void chunk_unpark(unsigned cls)
 {
     struct size_class *sc = &memalloc_classes[cls];
     uint32_t now = (uint32_t)os_now_ms();
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     while (sc->parked) {
         sc->parked--;
         return_list(sc, sc->parked_list[sc->parked], sc->parked_count[sc->parked], now);
@@ -701,7 +709,7 @@ bool chunk_parked_holds(unsigned cls, const void *p)
 {
     struct size_class *sc = &memalloc_classes[cls];
     bool found = false;
-    pthread_mutex_lock(&sc->lock);
+    class_lock(sc);
     /* The links were written by a thread cache but live in free blocks:
      * look each block up before reading its link, as bin_contains does. */
     for (unsigned i = 0; i < sc->parked && !found; i++) {
@@ -722,7 +730,7 @@ size_t chunk_release_spares(void)
     size_t n = 0;
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         struct size_class *sc = &memalloc_classes[cls];
-        pthread_mutex_lock(&sc->lock);
+        class_lock(sc);
         struct chunk *c = sc->spare;
         if (c) {
             sc->spare = NULL;

@@ -30,7 +30,12 @@ static pthread_mutex_t heap_mutex = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 struct heap_state memalloc_heap HIDDEN;
 #define H memalloc_heap             /* this file's own state, short */
 
-void heap_lock(void) { pthread_mutex_lock(&heap_mutex); }
+void heap_lock(void)
+{
+    bool waited = lock_take(&heap_mutex);
+    H.st.locks++;
+    H.st.contended += waited;
+}
 void heap_unlock(void) { pthread_mutex_unlock(&heap_mutex); }
 /* In a fork child only the forking thread exists; the lock it took in the
  * prepare handler is made new. */

@@ -156,6 +156,7 @@ struct sweep {
 struct heap_stats {
     size_t heap_bytes, heap_peak, large_in_use, large_blocks, free_bytes;
     size_t released_sbrk, released_madvise, segments;
+    uint64_t locks, contended;      /* the heap lock taken, and taken after a wait */
 };
 
 #define NUM_BINS 23                 /* floor(log2(units)) for up to 2^22 units */

@@ -56,6 +56,15 @@ HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const vo
 /* ---- locks, fork, threads ---------------------------------------------------------- */
 
 HIDDEN void lock_init(pthread_mutex_t *m);
+/* Take m; true when another thread held it, so that the taking waited (the
+ * statistics count both: a proxy for how the locks scale). */
+static inline bool lock_take(pthread_mutex_t *m)
+{
+    if (likely(pthread_mutex_trylock(m) == 0))
+        return false;
+    pthread_mutex_lock(m);
+    return true;
+}
 HIDDEN void os_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 HIDDEN bool os_single_threaded(void);
 HIDDEN void os_stdio_lock(void);        /* glibc's stdio list lock, for fork */

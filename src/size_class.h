@@ -50,6 +50,7 @@ struct size_class {
     uint32_t refilled;              /* os_now_ms() (mod 2^32) of the last one */
     /* statistics, under the lock */
     size_t in_use, peak, chunks;
+    uint64_t locks, contended;      /* the lock taken, and taken after a wait */
 } __attribute__((aligned(64)));
 
 extern struct size_class memalloc_classes[NUM_CLASSES] HIDDEN;

@@ -20,6 +20,7 @@
  * in thread caches and parked batches; the program holds the rest. */
 struct class_snap {
     size_t size, pool_in_use, peak, chunks, parked, cached, program;
+    uint64_t locks, contended;
 };
 
 static void class_snapshot(unsigned c, struct class_snap *s)
@@ -31,6 +32,8 @@ static void class_snapshot(unsigned c, struct class_snap *s)
     s->peak = sc->peak;
     s->chunks = sc->chunks;
     s->parked = chunk_parked_blocks(c);
+    s->locks = sc->locks;
+    s->contended = sc->contended;
     pthread_mutex_unlock(&sc->lock);
     s->cached = tcache_cached_blocks(c);
     size_t held = s->parked + s->cached;
@@ -68,6 +71,23 @@ EXPORT void memalloc_get_stats(struct memalloc_stats *out)
     out->released_madvise = h.released_madvise;
     out->small_held = held;
     out->cached_bytes = cached;
+}
+
+EXPORT void memalloc_get_lock_stats(struct memalloc_lock_stats *out)
+{
+    ensure_init();
+    struct memalloc_lock_stats r = {0};
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        struct class_snap s;
+        class_snapshot(c, &s);
+        r.class_locks += s.locks;
+        r.class_contended += s.contended;
+    }
+    struct heap_stats h;
+    heap_get_stats(&h);
+    r.heap_locks = h.locks;
+    r.heap_contended = h.contended;
+    *out = r;
 }
 
 /* glibc's fields with memalloc's figures: arena is the heap, ordblks the
@@ -237,6 +257,12 @@ static void stats_print(void)
     line("returned with sbrk:    ", h.released_sbrk);
     line("returned with madvise: ", h.released_madvise);
     line("segments:              ", h.segments);
+    struct memalloc_lock_stats l;
+    memalloc_get_lock_stats(&l);
+    line("class locks taken:     ", l.class_locks);
+    line("  after a wait:        ", l.class_contended);
+    line("heap lock taken:       ", l.heap_locks);
+    line("  after a wait:        ", l.heap_contended);
 }
 
 EXPORT void memalloc_malloc_stats(void)

@@ -8,7 +8,10 @@
  * growing the break.  The footprint figures: small_held covers what is in
  * use, cached_bytes what thread caches keep, released_madvise grows when
  * malloc_trim gives back pages inside chunks; mallinfo2's other fields
- * match.  (test_api checks what malloc_stats() prints.)
+ * match.  The lock counts: in one thread every class-lock and heap-lock
+ * acquisition is counted, at least one per uncached malloc and free, and
+ * none of them waited; with two threads on one class, waits never exceed
+ * acquisitions.  (test_api checks what malloc_stats() prints.)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -387,6 +390,48 @@ static void test_thread_first_small_malloc(void)
     pthread_join(t, NULL);
 }
 
+static void *lock_churn(void *arg)
+{
+    size_t n = *(size_t *)arg;
+    for (size_t i = 0; i < n; i++)
+        memalloc_free(memalloc_malloc(48 * KiB));   /* an uncached class */
+    return NULL;
+}
+
+static void test_lock_counts(void)
+{
+    struct memalloc_lock_stats a, b, c;
+    memalloc_get_lock_stats(&a);
+    size_t n = 1000;
+    lock_churn(&n);
+    void *big = memalloc_malloc(4 * MiB);
+    memalloc_free(big);
+    memalloc_get_lock_stats(&b);
+    CHECK(b.class_locks - a.class_locks >= 2 * n, "%zu uncached mallocs and frees took the "
+          "class locks %llu times", n, (unsigned long long)(b.class_locks - a.class_locks));
+    CHECK(b.heap_locks - a.heap_locks >= 2, "a large malloc and free took the heap lock %llu "
+          "times", (unsigned long long)(b.heap_locks - a.heap_locks));
+    CHECK(b.class_contended == a.class_contended && b.heap_contended == a.heap_contended,
+          "one thread waited for a lock: class %llu, heap %llu times",
+          (unsigned long long)(b.class_contended - a.class_contended),
+          (unsigned long long)(b.heap_contended - a.heap_contended));
+    pthread_t t;
+    size_t m = test_scaled(20000, 1000);
+    CHECK(pthread_create(&t, NULL, lock_churn, &m) == 0, "pthread_create");
+    lock_churn(&m);
+    pthread_join(t, NULL);
+    memalloc_get_lock_stats(&c);
+    CHECK(c.class_locks - b.class_locks >= 4 * m, "two threads' %zu mallocs and frees took the "
+          "class locks %llu times", 2 * m, (unsigned long long)(c.class_locks - b.class_locks));
+    CHECK(c.class_contended - b.class_contended <= c.class_locks - b.class_locks,
+          "more waits (%llu) than acquisitions (%llu)",
+          (unsigned long long)(c.class_contended - b.class_contended),
+          (unsigned long long)(c.class_locks - b.class_locks));
+    fprintf(stderr, "locks: two threads, %llu class-lock acquisitions, %llu after a wait\n",
+            (unsigned long long)(c.class_locks - b.class_locks),
+            (unsigned long long)(c.class_contended - b.class_contended));
+}
+
 int main(void)
 {
     /* Let memalloc set up this thread's state (a thread cache, say) before
@@ -402,6 +447,7 @@ int main(void)
     test_shrink_without_trim();
     test_footprint_fields();
     test_thread_first_small_malloc();
+    test_lock_counts();
     CHECK_HEAP("end");
     return check_report("test_stats");
 }
