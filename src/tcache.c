@@ -66,12 +66,6 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 #define COLLAPSE_BATCHES 16
 #define COLLAPSE_BYTES ((size_t)128 << 10)
 #define COLLAPSED 0xffff            /* tbin.flushed of a collapsed bin */
-/* A bin that never refilled takes only FIRST_BATCH blocks at its first
- * refill: a thread that lives for a few allocations (a worker per request)
- * then does not carve, and hand back at its exit, half a bin of every class
- * it touched. */
-#define FRESH 0xfffe                /* tbin.flushed of a bin never refilled */
-#define FIRST_BATCH 4
 
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
@@ -96,11 +90,8 @@ void *tcache_refill(struct tcache *t, unsigned cls)
     struct tbin *b = &t->bins[cls];
     if (b->flushed == COLLAPSED)
         b->max = bin_max(cls);
-    unsigned want = b->max / 2 ? b->max / 2 : 1;
-    if (b->flushed == FRESH && want > FIRST_BATCH)
-        want = FIRST_BATCH;
     void *list;
-    unsigned got = chunk_alloc_batch(cls, &list, want);
+    unsigned got = chunk_alloc_batch(cls, &list, b->max / 2 ? b->max / 2 : 1);
     if (!got)
         return NULL;
     b->head = list;                 /* keyed and linked by the class */
@@ -214,8 +205,6 @@ static void make_room(struct tcache *t, unsigned cls)
 {
     struct tbin *b = &t->bins[cls];
     uint16_t cap = bin_cap(cls);
-    if (b->flushed == FRESH)        /* overflowed before it ever refilled */
-        b->flushed = 1;
     if (b->flushed == 0 && b->max < cap &&  /* refilled since the last overflow: grow */
         grown_bytes(t) + (size_t)b->max * memalloc_classes[cls].size <= THREAD_GROWTH_BYTES) {
         b->max = (uint16_t)(b->max * 2 < cap ? b->max * 2 : cap);
@@ -311,7 +300,11 @@ static void thread_exit(void *arg)
     tc_own = TC_DEAD;               /* later frees and mallocs bypass caches */
     memalloc_tc = &memalloc_tc_none;
     list_remove(t);
-    tcache_flush_all(t);
+    /* What other threads are refilling is parked for them whole: a thread
+     * that lived for a few allocations hands its batches on in O(1). */
+    for (unsigned c = 0; c < TC_CLASSES; c++)
+        if (t->bins[c].count)
+            flush(t, c, t->bins[c].count, class_wanted(t, c));
     void *meta;
     if (ptr_lookup(t, &meta) == PTR_SMALL)
         chunk_free(meta, t, "free");
@@ -327,7 +320,7 @@ static struct tbin fresh_bins[TC_BINS];
 void tcache_init(void)
 {
     for (unsigned c = 0; c < TC_BINS; c++)
-        fresh_bins[c] = (struct tbin){.max = bin_max(c), .flushed = FRESH};
+        fresh_bins[c] = (struct tbin){.max = bin_max(c)};
     exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
 }
 
