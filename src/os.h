@@ -57,13 +57,14 @@ HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const vo
 
 HIDDEN void lock_init(pthread_mutex_t *m);
 /* Take m; true when another thread held it, so that the taking waited (the
- * statistics count both: a proxy for how the locks scale). */
+ * statistics count both: a proxy for how the locks scale).  A peek at
+ * glibc's lock word, not a trylock: a failed trylock would be one more
+ * atomic write on a contended line. */
 static inline bool lock_take(pthread_mutex_t *m)
 {
-    if (likely(pthread_mutex_trylock(m) == 0))
-        return false;
+    bool held = __atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) != 0;
     pthread_mutex_lock(m);
-    return true;
+    return held;
 }
 HIDDEN void os_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 HIDDEN bool os_single_threaded(void);
