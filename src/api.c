@@ -134,9 +134,14 @@ static NOINLINE void free_checked(void *p, const char *func)
 {
     void *meta;
     switch (ptr_lookup(p, &meta)) {
-    case PTR_SMALL:
-        tcache_free_slow(tcache_current(), meta, p, func);
+    case PTR_SMALL: {
+        /* A thread that only frees (a consumer) gets its cache here: its
+         * frees then go back in batches, parked for the threads that
+         * allocate, instead of one class lock each. */
+        struct tcache *t = tcache_current();
+        tcache_free_slow(t ? t : tcache_create(), meta, p, func);
         return;
+    }
     case PTR_LARGE: {
         struct large_block *b = meta;
         if (unlikely(option(OPT_PERTURB)) && b->s.kind == SPAN_LARGE &&
