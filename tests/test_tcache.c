@@ -35,7 +35,8 @@
  *             more batch with no refill (collapsing takes COLLAPSE_BATCHES
  *             of those in a row), but does collapse after 19 more.
  *   pipe      a producer thread mallocs 60000 blocks and hands them through
- *             a 64-slot queue to a consumer thread that frees them: the
+ *             a 64-slot queue to a consumer thread that frees them (and
+ *             gets its cache at its first free): the
  *             consumer's bin (it never refills) must never collapse, at any
  *             point, since the producer keeps refilling the class (it lags
  *             by at most one batch); no block is lost.
@@ -719,12 +720,10 @@ static void *producer(void *arg)
 static void *consumer(void *arg)
 {
     struct pipe_ctx *x = arg;
-    /* A thread gets its cache on its first malloc: one that only frees
-     * has none and frees straight into the chunks.  This one mallocs once,
-     * another class, and from then on caches what it frees. */
-    memalloc_free(xmalloc_block(16));
-    struct tcache *t = tcache_current();
-    CHECK(t != NULL, "the consumer has no thread cache after a malloc");
+    /* A thread that only frees gets its cache at its first free, and
+     * from then on caches what it frees. */
+    CHECK(tcache_current() == NULL, "the consumer has a cache before it did anything");
+    struct tcache *t = NULL;
     uint32_t r0 = view(x->cls).refills;
     for (size_t i = 0; i < x->n; i++) {
         pthread_mutex_lock(&x->lock);
@@ -734,7 +733,10 @@ static void *consumer(void *arg)
         pthread_cond_signal(&x->not_full);
         pthread_mutex_unlock(&x->lock);
         memalloc_free(p);
-        x->frees++;
+        if (x->frees++ == 0) {
+            t = tcache_current();
+            CHECK(t != NULL, "the consumer has no thread cache after its first free");
+        }
         if (t && t->bins[x->cls].flushed == COLLAPSED_MARK)
             x->collapsed_seen++;
     }
