@@ -340,7 +340,6 @@ EXPORT int memalloc_mallopt(int param, int value)
     }
 }
 
-
 EXPORT int memalloc_malloc_trim(size_t pad)
 {
     ensure_init();

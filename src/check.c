@@ -137,12 +137,6 @@ static int chunk_check(struct chunk *c)
 
 /* ---- the heap -------------------------------------------------------------- */
 
-static unsigned bin_of(size_t units)
-{
-    unsigned b = 63u - (unsigned)__builtin_clzl(units);
-    return b < NUM_BINS ? b : NUM_BINS - 1;
-}
-
 static int complain(const char *what, const void *where)
 {
     char buf[160];
@@ -226,7 +220,7 @@ static int heap_check(void)
     size_t binned = 0, binned_bytes = 0, dirty = 0;
     for (unsigned b = 0; b < NUM_BINS; b++)
         for (struct free_span *f = H.bins[b]; f; f = f->next) {
-            if (f->s.kind != SPAN_FREE || bin_of(f->s.units) != b)
+            if (f->s.kind != SPAN_FREE || heap_bin_of(f->s.units) != b)
                 bad += complain("bin holds a wrong span", f);
             if (f->dirty > span_bytes(&f->s))
                 bad += complain("free span more dirty than big", f);

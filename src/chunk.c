@@ -217,7 +217,6 @@ static void return_list(struct size_class *sc, void *list, unsigned n, uint32_t 
  * others as spared.  One class lock at a time. */
 void chunk_sweep(struct sweep *sw)
 {
-    uint32_t before = (uint32_t)sw->before;
     for (unsigned cls = 0; cls < NUM_CLASSES; cls++) {
         struct size_class *sc = &memalloc_classes[cls];
         if (!__atomic_load_n(&sc->cand, __ATOMIC_RELAXED) &&
@@ -236,13 +235,13 @@ void chunk_sweep(struct sweep *sw)
         for (struct chunk *c = sc->cand, *next; c; c = next) {
             next = c->cand_next;
             /* Wrapping every 49 days: the touch is within 2^31 ms of now. */
-            uint32_t cutoff = candidate(c) ? before : (uint32_t)sw->idle;
-            int32_t after = (int32_t)(c->touched - cutoff);
+            uint64_t cutoff = candidate(c) ? sw->before : sw->idle;
+            int32_t after = (int32_t)(c->touched - (uint32_t)cutoff);
             if (after <= 0) {
                 purge_chunk(c);
                 cand_remove(sc, c);
             } else {
-                uint64_t touched = (candidate(c) ? sw->before : sw->idle) + (uint32_t)after;
+                uint64_t touched = cutoff + (uint32_t)after;
                 sw->spared += resident_estimate(c);
                 if (touched < sw->oldest)
                     sw->oldest = touched;

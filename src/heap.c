@@ -64,12 +64,6 @@ static inline void fix_next_prev(struct span *s)
         n->prev_units = s->units;
 }
 
-static unsigned bin_of(size_t units)
-{
-    unsigned b = 63u - (unsigned)__builtin_clzl(units);
-    return b < NUM_BINS ? b : NUM_BINS - 1;
-}
-
 static void dirty_add(struct free_span *f)
 {
     f->dirty_prev = NULL;
@@ -94,7 +88,7 @@ static void dirty_del(struct free_span *f)
 static void bin_insert(struct span *s)
 {
     struct free_span *f = (struct free_span *)s;
-    unsigned b = bin_of(s->units);
+    unsigned b = heap_bin_of(s->units);
     f->prev = NULL;
     f->next = H.bins[b];
     if (f->next)
@@ -112,7 +106,7 @@ static void bin_remove(struct span *s)
     if (f->prev)
         f->prev->next = f->next;
     else
-        H.bins[bin_of(s->units)] = f->next;
+        H.bins[heap_bin_of(s->units)] = f->next;
     if (f->next)
         f->next->prev = f->prev;
     H.st.free_bytes -= span_bytes(s);
@@ -126,7 +120,7 @@ static void bin_remove(struct span *s)
  * top of the heap stays free to shrink. */
 static struct span *bin_find(size_t units)
 {
-    for (unsigned b = bin_of(units); b < NUM_BINS; b++) {
+    for (unsigned b = heap_bin_of(units); b < NUM_BINS; b++) {
         struct free_span *best = NULL;
         for (struct free_span *f = H.bins[b]; f; f = f->next) {
             if (f->s.units < units)

@@ -161,6 +161,13 @@ struct heap_stats {
 
 #define NUM_BINS 23                 /* floor(log2(units)) for up to 2^22 units */
 
+/* The bin of a free span of `units` units: floor(log2(units)), capped. */
+static inline unsigned heap_bin_of(size_t units)
+{
+    unsigned b = 63u - (unsigned)__builtin_clzl(units);
+    return b < NUM_BINS ? b : NUM_BINS - 1;
+}
+
 /* The heap's state, under the heap lock; visible for check.c's walker
  * and for the counters purge.c reads (relaxed, they only steer it). */
 struct heap_state {

@@ -272,10 +272,7 @@ uint64_t os_random(void)
  * there is none to read yet.  getenv never allocates. */
 extern char **__environ;
 bool os_env_ready(void) { return __environ != NULL; }
-const char *os_getenv(const char *name)
-{
-    return __environ ? getenv(name) : NULL;
-}
+const char *os_getenv(const char *name) { return getenv(name); }
 
 /* ---- messages ----------------------------------------------------------- */
 
@@ -292,7 +289,7 @@ size_t fmt_unsigned(char *buf, size_t v)
     return n;
 }
 
-size_t fmt_hex(char *buf, uintptr_t v)
+static size_t fmt_hex(char *buf, uintptr_t v)
 {
     static const char digits[] = "0123456789abcdef";
     char tmp[20];

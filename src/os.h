@@ -43,13 +43,12 @@ HIDDEN size_t os_purge(void *from, size_t len, bool lazy);
 HIDDEN uint64_t os_now_ms(void);        /* a coarse monotonic clock */
 HIDDEN uint64_t os_random(void);        /* 64 bits from AT_RANDOM, mixed */
 HIDDEN bool os_env_ready(void);         /* libc has set up the environment */
-HIDDEN const char *os_getenv(const char *name);     /* NULL before it has */
+HIDDEN const char *os_getenv(const char *name);     /* only once it has */
 
 /* ---- messages ------------------------------------------------------------------ */
 
 HIDDEN void message(const char *text);
 HIDDEN size_t fmt_unsigned(char *buf, size_t v);
-HIDDEN size_t fmt_hex(char *buf, uintptr_t v);
 /* "memalloc: free(): double free 0x...": one line on stderr, then abort(). */
 HIDDEN _Noreturn void fatal_pointer(const char *func, const char *what, const void *p);
 

@@ -121,13 +121,27 @@ static void flush(struct tcache *t, unsigned cls, uint32_t n, bool park)
     chunk_free_batch(cls, list, n, park);
 }
 
-/* Every bin back to the classes; the caller looks for a purge. */
-void tcache_flush_all(struct tcache *t)
+/* Has any thread refilled class cls since this cache last looked?  A racy
+ * read is fine: it only steers a heuristic. */
+static bool class_wanted(struct tcache *t, unsigned cls)
+{
+    uint32_t now = __atomic_load_n(&memalloc_classes[cls].refills, __ATOMIC_RELAXED);
+    bool wanted = now != t->seen_refills[cls];
+    t->seen_refills[cls] = now;
+    return wanted;
+}
+
+/* Every bin back to the classes, each parked whole for the next refill if
+ * hand_on and some thread refilled its class since t last looked; the
+ * caller looks for a purge. */
+static void flush_bins(struct tcache *t, bool hand_on)
 {
     for (unsigned c = 0; c < TC_CLASSES; c++)
         if (t->bins[c].count)
-            flush(t, c, t->bins[c].count, false);
+            flush(t, c, t->bins[c].count, hand_on && class_wanted(t, c));
 }
+
+void tcache_flush_all(struct tcache *t) { flush_bins(t, false); }
 
 /* ---- double-free decision ------------------------------------------------------ */
 
@@ -176,15 +190,6 @@ bool tcache_holds(const void *p)
     return found;
 }
 
-/* Has any thread refilled class cls since this cache last looked?  A racy
- * read is fine: it only steers a heuristic. */
-static bool class_wanted(struct tcache *t, unsigned cls)
-{
-    uint32_t now = __atomic_load_n(&memalloc_classes[cls].refills, __ATOMIC_RELAXED);
-    bool wanted = now != t->seen_refills[cls];
-    t->seen_refills[cls] = now;
-    return wanted;
-}
 
 /* How far t's bins have grown past their starting limits, in bytes. */
 static size_t grown_bytes(const struct tcache *t)
@@ -302,9 +307,7 @@ static void thread_exit(void *arg)
     list_remove(t);
     /* What other threads are refilling is parked for them whole: a thread
      * that lived for a few allocations hands its batches on in O(1). */
-    for (unsigned c = 0; c < TC_CLASSES; c++)
-        if (t->bins[c].count)
-            flush(t, c, t->bins[c].count, class_wanted(t, c));
+    flush_bins(t, true);
     void *meta;
     if (ptr_lookup(t, &meta) == PTR_SMALL)
         chunk_free(meta, t, "free");
@@ -337,7 +340,7 @@ struct tcache *tcache_create(void)
     }
     memcpy(t->bins, fresh_bins, sizeof t->bins);
     memset(t->seen_refills, 0, sizeof t->seen_refills);
-    t->next = t->prev = NULL;
+    t->prev = NULL;
     tcache_list_lock();
     t->next = all_caches;
     if (t->next)
