@@ -41,13 +41,13 @@ static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
 }
 
 /* A block of class cls for an n-byte request: from this thread's cache
- * (created on first use) for the cached classes, else from the class. */
+ * (created on first use), else from the class. */
 static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
 {
     struct tcache *t = tcache_current();
     void *p;
     bool zeroed = false;
-    if (cls < TC_CLASSES && (t || (t = tcache_create()))) {
+    if (t || (t = tcache_create())) {
         p = tcache_pop(t, cls);
         if (!p)
             p = tcache_refill(t, cls);
@@ -96,6 +96,13 @@ static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 
 static NOINLINE void *malloc_slow(size_t n)
 {
+    /* A small block above the table's reach: its bin before anything else
+     * (the class by formula), so that these classes are cached too. */
+    if (n > TC_MAX_SIZE && n <= SMALL_MAX) {
+        void *p = tcache_pop(memalloc_tc, CLASS_OF_BIG(n));
+        if (p)
+            return p;
+    }
     size_t dirty;
     void *p = alloc_slow(n, &dirty);
     if (p)

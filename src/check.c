@@ -267,7 +267,7 @@ static int tcache_check_own(void)
     int bad = 0;
     if (!t)
         return 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++) {
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
         uint32_t n = 0;
         for (void **p = t->bins[c].head; p; p = link_reveal(p, p[0])) {
             void *meta;

@@ -40,7 +40,9 @@ void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
 /* A bin starts out holding up to 16 KiB of its class (between 2 and 64
- * blocks) and takes and gives back half of its limit at a time.  A bin
+ * blocks; one block of a class above TC_MAX_SIZE, whose bin never grows:
+ * a block that big costs more to touch than a class lock, and a thread that
+ * used every such class holds 1.2 MiB at most) and takes and gives back half of its limit at a time.  A bin
  * that keeps running dry and overflowing in turn, because the program
  * holds more of the class at once than that, doubles its limit, up to
  * 64 KiB (at most 1024 blocks): the class lock is then taken once per many
@@ -69,9 +71,10 @@ void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
 static uint16_t bin_limit(unsigned cls, size_t bytes, size_t most)
 {
-    if (cls >= TC_CLASSES)
-        return 0;
-    size_t n = bytes / memalloc_classes[cls].size;
+    size_t size = memalloc_classes[cls].size;
+    if (size > TC_MAX_SIZE)
+        return 1;
+    size_t n = bytes / size;
     return (uint16_t)(n < 2 ? 2 : n > most ? most : n);
 }
 static uint16_t bin_max(unsigned cls) { return bin_limit(cls, BIN_START_BYTES, 64); }
@@ -136,7 +139,7 @@ static bool class_wanted(struct tcache *t, unsigned cls)
  * caller looks for a purge. */
 static void flush_bins(struct tcache *t, bool hand_on)
 {
-    for (unsigned c = 0; c < TC_CLASSES; c++)
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
         if (t->bins[c].count)
             flush(t, c, t->bins[c].count, hand_on && class_wanted(t, c));
 }
@@ -177,15 +180,13 @@ bool tcache_holds(const void *p)
     if (ptr_lookup(p, &meta) != PTR_SMALL)
         return false;
     unsigned cls = ((const struct chunk *)meta)->cls;
-    if (cls < TC_CLASSES) {
-        tcache_list_lock();
-        heap_lock();
-        for (struct tcache *t = all_caches; t && !found; t = t->next)
-            found = bin_contains(&t->bins[cls], p);
-        heap_unlock();
-        tcache_list_unlock();
-    }
-    if (!found && cls < NUM_CLASSES)
+    tcache_list_lock();
+    heap_lock();
+    for (struct tcache *t = all_caches; t && !found; t = t->next)
+        found = bin_contains(&t->bins[cls], p);
+    heap_unlock();
+    tcache_list_unlock();
+    if (!found)
         found = chunk_parked_holds(cls, p);
     return found;
 }
@@ -195,7 +196,7 @@ bool tcache_holds(const void *p)
 static size_t grown_bytes(const struct tcache *t)
 {
     size_t n = 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++) {
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
         uint16_t base = bin_max(c);
         if (t->bins[c].max > base)
             n += (size_t)(t->bins[c].max - base) * memalloc_classes[c].size;
@@ -260,7 +261,7 @@ void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *fu
     if (((void **)p)[1] == (void *)memalloc_free_key && tcache_holds(p))
         fatal_pointer(func, "double free", p);
     struct tbin *b = NULL;
-    if (t && c->cls < TC_CLASSES && c->s.kind == SPAN_CHUNK &&
+    if (t && c->s.kind == SPAN_CHUNK &&
         (tcache_block_plausible(c, p) || chunk_block_live(c, p))) {
         b = &t->bins[c->cls];
         if (b->count >= b->max) {
@@ -270,7 +271,7 @@ void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *fu
                 make_room(t, c->cls);
         }
     }
-    if (!b) {                       /* uncached class, or not a live block */
+    if (!b) {                       /* no cache, or not a live block */
         chunk_free(c, p, func);
         purge_maybe();
         return;
@@ -316,13 +317,13 @@ static void thread_exit(void *arg)
 
 /* Every new cache starts as a copy of these: filled once, so that a
  * short-lived thread pays no per-class arithmetic. */
-static struct tbin fresh_bins[TC_BINS];
+static struct tbin fresh_bins[NUM_CLASSES];
 
 /* Without a key a cache could never be handed back at thread exit: then
  * there are no caches (all PTHREAD_KEYS_MAX keys may be taken). */
 void tcache_init(void)
 {
-    for (unsigned c = 0; c < TC_BINS; c++)
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
         fresh_bins[c] = (struct tbin){.max = bin_max(c)};
     exit_key_ok = pthread_key_create(&exit_key, thread_exit) == 0;
 }
@@ -392,11 +393,9 @@ size_t tcache_cached_blocks(unsigned cls)
 {
     size_t n = 0;
     bool own = cls == size_to_class(sizeof(struct tcache));
-    if (cls >= TC_CLASSES && !own)
-        return 0;
     tcache_list_lock();
     for (struct tcache *t = all_caches; t; t = t->next)
-        n += own + (cls < TC_CLASSES ? __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED) : 0);
+        n += own + __atomic_load_n(&t->bins[cls].count, __ATOMIC_RELAXED);
     tcache_list_unlock();
     return n;
 }

@@ -20,13 +20,11 @@
 
 #include "chunk.h"
 
-/* Classes up to 32 KiB are cached; bigger blocks are rare enough that the
- * class lock is cheap next to touching the memory. */
+/* Every class is cached.  A malloc of up to TC_MAX_SIZE finds its class in
+ * the table on the hot path; a bigger one (up to SMALL_MAX) takes the slow
+ * path for its class but still pops this thread's bin, and every free of a
+ * small block may take the hot path. */
 #define TC_MAX_SIZE CLASS_TABLE_MAX
-#define TC_CLASSES 72               /* size_to_class(TC_MAX_SIZE) + 1 */
-/* Bins exist for every class so that the free path needs no class bound
- * check: an uncached class has max == 0 and always takes the slow path. */
-#define TC_BINS NUM_CLASSES
 
 struct tbin {
     void *head;
@@ -37,8 +35,8 @@ struct tbin {
 };
 
 struct tcache {
-    struct tbin bins[TC_BINS];      /* first: a chunk finds its bin at cls * TBIN_BYTES */
-    uint32_t seen_refills[TC_CLASSES];  /* class refill counts last seen */
+    struct tbin bins[NUM_CLASSES];      /* first: a chunk finds its bin at cls * TBIN_BYTES */
+    uint32_t seen_refills[NUM_CLASSES];  /* class refill counts last seen */
     struct tcache *next, *prev;     /* all live caches, under the list lock */
 };
 _Static_assert(sizeof(struct tbin) == TBIN_BYTES && offsetof(struct tcache, bins) == 0,

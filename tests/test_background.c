@@ -116,9 +116,12 @@ static size_t churn_then_idle(void **keep, size_t *nkeep)
     }
     for (size_t i = 0; i < n; i++) {
         memalloc_free(blk[i]);
-        if (i % 64 == 1)                    /* keeps allocating from the pools */
-            memalloc_free(memalloc_malloc(40 * KiB));   /* (an uncached class): */
-                                                        /* passes spare */
+        if (i % 64 == 1) {                  /* keeps allocating from the pools, */
+            void *a = memalloc_malloc(40 * KiB);    /* past what the 40 KiB bin */
+            void *b = memalloc_malloc(40 * KiB);    /* holds: passes spare */
+            memalloc_free(a);
+            memalloc_free(b);
+        }
     }
     free(blk);
     free(size);

@@ -81,6 +81,8 @@ static struct chunk *chunk_of(const void *p)
 static unsigned normal_max(unsigned cls)
 {
     size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
+    if (memalloc_classes[cls].size > TC_MAX_SIZE)
+        return 1;
     return n < 2 ? 2 : n > 64 ? 64 : (unsigned)n;
 }
 
@@ -921,7 +923,7 @@ static void churn(const size_t *sizes, size_t nsizes, int rounds)
 static size_t grown(const struct tcache *t)
 {
     size_t n = 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++)
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
         if (t->bins[c].max > normal_max(c))
             n += (size_t)(t->bins[c].max - normal_max(c)) * memalloc_classes[c].size;
     return n;
@@ -952,7 +954,7 @@ static void *growth_many_thread(void *arg)
     if (!t)
         return NULL;
     size_t g = grown(t), over = 0;
-    for (unsigned c = 0; c < TC_CLASSES; c++)
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
         over += t->bins[c].max > cap_max(c);
     CHECK(g > 0 && g <= GROWTH_CAP_BYTES,
           "40 churned classes grew their bins by %zu bytes in all, want 1..%zu", g,
