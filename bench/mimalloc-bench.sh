@@ -42,6 +42,10 @@ options:
                         \$HOME/.cache/memalloc-mimalloc-bench)
   --jobs N              parallel compile jobs (default: number of CPUs)
   --build-only          build the programs (and memalloc), then stop
+  --locks               after the rounds, run each test once more with
+                        bench/opcount.c's shim over memalloc (build-release's)
+                        and add memalloc's lock acquisitions per 1,000
+                        allocator calls to the report (counts, not times)
   --out DIR             results directory (default results/mimalloc-bench
                         under the current directory): samples.csv, tests.tsv,
                         table.md, logs/ (output of failed runs)
@@ -63,7 +67,7 @@ all_tests=(cfrac espresso barnes larson larson8 larson-sized xmalloc-test
 die() { echo "mimalloc-bench.sh: $*" >&2; exit 1; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-rounds=5 quick=0 threads=2 run_timeout=60 build_only=0
+rounds=5 quick=0 threads=2 run_timeout=60 build_only=0 locks=0
 jobs=$(nproc 2>/dev/null || echo 2)
 build_dir=$HOME/.cache/memalloc-mimalloc-bench
 out=results/mimalloc-bench
@@ -81,6 +85,7 @@ while [ $# -gt 0 ]; do
         --build-dir) build_dir=$2; shift ;;
         --jobs) jobs=$2; shift ;;
         --build-only) build_only=1 ;;
+        --locks) locks=1 ;;
         --out) out=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; break ;;
@@ -340,13 +345,32 @@ for ((r = 1; r <= rounds; r++)); do
     done
 done
 
+# One more run of each test under the counting shim: memalloc's lock
+# acquisitions per 1,000 calls (the last line a process wrote: the test's).
+: >"$out/locks.tsv"
+if [ "$locks" = 1 ]; then
+    shim=$root/build-release/bench/libopcount.so
+    [ -f "$shim" ] || meson compile -C "$root/build-release" opcount >/dev/null
+    for t in "${runnable[@]}"; do
+        define_test "$t"
+        f=$build_dir/run/opcount.txt
+        : >"$f"
+        ( cd "$build_dir/run" &&
+          timeout -k 5 "$run_timeout" env LD_PRELOAD="$shim" OPCOUNT_OUT="$f" \
+              "$build_dir/$T_BIN" "${T_ARGS[@]}" <"$T_IN" >/dev/null 2>&1 ) || true
+        line=$(grep '^opcount ' "$f" | sort -t= -k2 -n | tail -n1 || true)
+        printf '%s\t%s\n' "$t" "${line:-none}" >>"$out/locks.tsv"
+        echo "locks $t: ${line:-no count (the run failed)}"
+    done
+fi
+
 # ---------------------------------------------------------------- report
 src_rev=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "unknown revision")
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n1)
 about="daanx/mimalloc-bench ($src_rev), $rounds round(s)$([ "$quick" = 1 ] && echo ', --quick'), $(nproc) CPUs${cpu:+ ($cpu)}, $(date +%Y-%m-%d)"
-python3 - "$csv" "$out/tests.tsv" "$out/table.md" "$(IFS=,; echo "${names[*]}")" "$about" "${skipped[*]:-}" <<'EOF'
+python3 - "$csv" "$out/tests.tsv" "$out/table.md" "$(IFS=,; echo "${names[*]}")" "$about" "${skipped[*]:-}" "$out/locks.tsv" <<'EOF'
 import csv, math, statistics, sys
-samples, tests_tsv, md_path, names, about, skipped = sys.argv[1:]
+samples, tests_tsv, md_path, names, about, skipped, locks_tsv = sys.argv[1:]
 names = names.split(",")
 tests, metric, command = [], {}, {}
 for line in open(tests_tsv):
@@ -446,6 +470,23 @@ md += ["Time is the median wall time of the whole process, except for the tests"
 md += ["| %s | `%s` |" % (t, command[t]) for t in tests]
 if skipped:
     md += ["", "Not built, not run: %s." % skipped]
+locks = []
+for line in open(locks_tsv):
+    t, rest = line.rstrip("\n").split("\t")
+    v = dict(kv.split("=") for kv in rest.split()[1:]) if rest.startswith("opcount ") else {}
+    ops = int(v.get("ops", 0))
+    if ops:
+        k = ops / 1000
+        locks.append("| %s | %d | %.2f | %.3f | %.3f | %.4f |" % (
+            t, ops, int(v["class_locks"]) / k, int(v["class_contended"]) / k,
+            int(v["heap_locks"]) / k, int(v["heap_contended"]) / k))
+    else:
+        locks.append("| %s | no count | | | | |" % t)
+if locks:
+    md += ["", "memalloc's lock acquisitions per 1,000 allocator calls (one counting run):", "",
+           "| test | calls | class locks /1k | contended /1k | heap locks /1k | contended /1k |",
+           "|---|---:|---:|---:|---:|---:|"] + locks
+    print("\nlock acquisitions per 1,000 calls:\n" + "\n".join(locks))
 open(md_path, "w").write("\n".join(md) + "\n")
 EOF
 echo "samples: $csv; table: $out/table.md"
