@@ -40,11 +40,12 @@ void tcache_list_lock(void) { pthread_mutex_lock(&list_mutex); }
 void tcache_list_unlock(void) { pthread_mutex_unlock(&list_mutex); }
 
 /* A bin starts out holding up to 16 KiB of its class (between 2 and 64
- * blocks; one block of a class above TC_MAX_SIZE, whose bin never grows:
- * a block that big costs more to touch than a class lock, and a thread that
- * used every such class holds 1.2 MiB at most) and takes and gives back half of its limit at a time.  A bin
- * that keeps running dry and overflowing in turn, because the program
- * holds more of the class at once than that, doubles its limit, up to
+ * blocks) and takes and gives back half of its limit at a time.  The bin
+ * of a class above TC_MAX_SIZE holds one block and never grows: a block
+ * that big costs more to touch than a class lock, and a thread that used
+ * every such class then holds 1.2 MiB in them at most.  A bin that keeps
+ * running dry and overflowing in turn, because the program holds more of
+ * the class at once than that, doubles its limit, up to
  * 64 KiB (at most 1024 blocks): the class lock is then taken once per many
  * operations again.  Growth past the starting limits is capped at 256 KiB
  * per thread, summed over its bins, so that a program whose threads each
