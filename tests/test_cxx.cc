@@ -1,0 +1,180 @@
+// test_cxx.cc - C++'s operator new and delete, exported by libmemalloc
+// (src/operators.c): every variant reaches memalloc, failures throw
+// std::bad_alloc (after the new-handler) or return nullptr (nothrow), aligned
+// new aligns, and sized and aligned deletes free what they are given.
+// Linked with libmemalloc, which comes before libstdc++ in the lookup order,
+// as it does when preloaded.
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <new>
+#include <vector>
+
+#include "memalloc.h"
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#endif
+#endif
+#ifndef UNDER_VALGRIND
+#define UNDER_VALGRIND() 0
+#endif
+
+static int failures;
+#define CHECK(cond, ...)                                              \
+    do {                                                              \
+        if (!(cond)) {                                                \
+            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);           \
+            fprintf(stderr, __VA_ARGS__);                             \
+            fputc('\n', stderr);                                      \
+            failures++;                                               \
+        }                                                             \
+    } while (0)
+
+static const char *defined_in(void *fn)
+{
+    Dl_info info;
+    return dladdr(fn, &info) && info.dli_fname ? info.dli_fname : "?";
+}
+
+// What the program calls is memalloc's: the symbols resolve into
+// libmemalloc, and the blocks are memalloc's (its usable size aborts on
+// anything else).
+static void test_resolved(void)
+{
+    void *(*op_new)(size_t) = &::operator new;
+    void (*op_delete)(void *) = &::operator delete;
+    void *(*op_new_aligned)(size_t, std::align_val_t) = &::operator new;
+    void (*op_delete_sized)(void *, size_t) = &::operator delete;
+    void *fns[] = {(void *)op_new, (void *)op_delete, (void *)op_new_aligned,
+                   (void *)op_delete_sized};
+    for (void *f : fns)
+        CHECK(strstr(defined_in(f), "libmemalloc") != nullptr,
+              "an operator resolves into %s, not libmemalloc", defined_in(f));
+    for (size_t n : {1, 16, 100, 5000, 40000, 200000}) {
+        char *p = new char[n];
+        memset(p, 1, n);
+        CHECK(memalloc_malloc_usable_size(p) >= n, "new char[%zu]: usable %zu", n,
+              memalloc_malloc_usable_size(p));
+        delete[] p;
+        int *q = new int(7);
+        CHECK(*q == 7 && memalloc_malloc_usable_size(q) >= sizeof(int), "new int");
+        delete q;
+    }
+    void *z = ::operator new(0);
+    CHECK(z != nullptr, "operator new(0) returned nullptr");
+    ::operator delete(z);
+}
+
+static size_t huge(void) { return SIZE_MAX / 2; }   // no allocator can serve it
+
+static int handler_calls;
+static void handler(void)
+{
+    handler_calls++;
+    std::set_new_handler(nullptr);  // the retry then fails for good
+}
+
+static void test_failure(void)
+{
+    bool threw = false;
+    try {
+        void *p = ::operator new(huge());
+        ::operator delete(p);
+    } catch (const std::bad_alloc &) {
+        threw = true;
+    }
+    CHECK(threw, "operator new(huge) did not throw std::bad_alloc");
+
+    threw = false;
+    try {
+        void *p = ::operator new[](huge(), std::align_val_t(64));
+        ::operator delete[](p, std::align_val_t(64));
+    } catch (const std::bad_alloc &) {
+        threw = true;
+    }
+    CHECK(threw, "aligned operator new[](huge) did not throw std::bad_alloc");
+
+    CHECK(::operator new(huge(), std::nothrow) == nullptr, "nothrow new(huge) returned memory");
+    CHECK(::operator new[](huge(), std::align_val_t(128), std::nothrow) == nullptr,
+          "nothrow aligned new[](huge) returned memory");
+
+    std::set_new_handler(handler);
+    threw = false;
+    try {
+        void *p = ::operator new(huge());
+        ::operator delete(p);
+    } catch (const std::bad_alloc &) {
+        threw = true;
+    }
+    CHECK(threw && handler_calls == 1, "with a new-handler: threw %d, handler ran %d times",
+          threw, handler_calls);
+}
+
+struct alignas(256) Wide { char c[300]; };
+
+static void test_aligned_and_sized(void)
+{
+    for (size_t al : {32, 64, 4096, 65536}) {
+        void *p = ::operator new(100, std::align_val_t(al));
+        CHECK(((uintptr_t)p & (al - 1)) == 0, "new(100, align %zu) gave %p", al, p);
+        memset(p, 2, 100);
+        ::operator delete(p, 100, std::align_val_t(al));
+        void *q = ::operator new[](3 * al, std::align_val_t(al), std::nothrow);
+        CHECK(q && ((uintptr_t)q & (al - 1)) == 0, "nothrow new[](align %zu) gave %p", al, q);
+        ::operator delete[](q, std::align_val_t(al), std::nothrow);
+    }
+    Wide *w = new Wide[5];
+    CHECK(((uintptr_t)w & 255) == 0, "new Wide[5] (alignas 256) gave %p", (void *)w);
+    delete[] w;
+    Wide *one = new Wide;
+    CHECK(((uintptr_t)one & 255) == 0, "new Wide gave %p", (void *)one);
+    delete one;                     // sized and aligned delete
+    for (size_t n = 8; n < 100000; n = n * 3 / 2) {
+        void *p = ::operator new(n);
+        ::operator delete(p, n);    // sized
+        void *a = ::operator new[](n);
+        ::operator delete[](a, n);
+        void *b = ::operator new(n, std::nothrow);
+        ::operator delete(b, std::nothrow);
+    }
+    ::operator delete(nullptr);
+    ::operator delete[](nullptr, std::align_val_t(64));
+}
+
+// The containers' allocations, through the operators, with memalloc's
+// invariants checked afterwards.
+static void test_containers(void)
+{
+    std::vector<std::vector<int>> v;
+    for (int i = 0; i < 2000; i++) {
+        v.emplace_back(i % 300, i);
+        if (i % 3 == 0)
+            v[i / 2].clear(), v[i / 2].shrink_to_fit();
+    }
+    long sum = 0;
+    for (auto &x : v)
+        for (int y : x)
+            sum += y;
+    CHECK(sum > 0, "containers lost their contents");
+    v.clear();
+    v.shrink_to_fit();
+    CHECK(memalloc_check() == 0, "memalloc_check found damage");
+}
+
+int main()
+{
+    if (UNDER_VALGRIND())           // memcheck puts its own operator new in place
+        return 77;
+    test_resolved();
+    test_failure();
+    test_aligned_and_sized();
+    test_containers();
+    if (failures)
+        fprintf(stderr, "test_cxx: %d failure(s)\n", failures);
+    return failures ? 1 : 0;
+}
