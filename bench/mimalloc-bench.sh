@@ -346,7 +346,8 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # One more run of each test under the counting shim: memalloc's lock
-# acquisitions per 1,000 calls (the last line a process wrote: the test's).
+# acquisitions per 1,000 calls (of the lines its processes wrote, the one
+# with the most calls: the test's own process).
 : >"$out/locks.tsv"
 if [ "$locks" = 1 ]; then
     shim=$root/build-release/bench/libopcount.so

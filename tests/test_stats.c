@@ -9,9 +9,9 @@
  * use, cached_bytes what thread caches keep, released_madvise grows when
  * malloc_trim gives back pages inside chunks; mallinfo2's other fields
  * match.  The lock counts: in one thread every class-lock and heap-lock
- * acquisition is counted, at least one per batch a bin takes or gives back, and
- * none of them waited; with two threads on one class, waits never exceed
- * acquisitions.  (test_api checks what malloc_stats() prints.)
+ * acquisition is counted, at least one per batch a bin takes or gives
+ * back, and none of them waited; with two threads on one class, waits
+ * never exceed acquisitions; a cached 64 KiB block takes no lock.  (test_api checks what malloc_stats() prints.)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -390,6 +390,24 @@ static void test_thread_first_small_malloc(void)
     pthread_join(t, NULL);
 }
 
+/* A class above the table's reach (64 KiB) is cached too: a block freed and
+ * asked for again comes back from this thread's bin, without a class lock. */
+static void test_big_class_cached(void)
+{
+    void *p = memalloc_malloc(64 * KiB);
+    CHECK(p != NULL, "malloc(64 KiB) failed");
+    memalloc_free(p);
+    struct memalloc_lock_stats a, b;
+    memalloc_get_lock_stats(&a);
+    void *q = memalloc_malloc(64 * KiB);
+    memalloc_free(q);
+    memalloc_get_lock_stats(&b);
+    CHECK(q == p, "a freed 64 KiB block did not come back from the bin (%p, then %p)", p, q);
+    CHECK(b.class_locks == a.class_locks,
+          "a cached 64 KiB malloc and free took the class locks %llu times",
+          (unsigned long long)(b.class_locks - a.class_locks));
+}
+
 /* n rounds of four 48 KiB blocks allocated, then freed: more than the bin
  * of that class holds, so every round goes to the class at least twice. */
 static void *lock_churn(void *arg)
@@ -455,6 +473,7 @@ int main(void)
     test_footprint_fields();
     test_thread_first_small_malloc();
     test_lock_counts();
+    test_big_class_cached();
     CHECK_HEAP("end");
     return check_report("test_stats");
 }

@@ -80,9 +80,9 @@ static struct chunk *chunk_of(const void *p)
  * 16 KiB of blocks, 2..64; an eighth of that, 1..8. */
 static unsigned normal_max(unsigned cls)
 {
-    size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
     if (memalloc_classes[cls].size > TC_MAX_SIZE)
         return 1;
+    size_t n = ((size_t)16 << 10) / memalloc_classes[cls].size;
     return n < 2 ? 2 : n > 64 ? 64 : (unsigned)n;
 }
 
