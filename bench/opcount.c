@@ -7,6 +7,8 @@
  *
  *   LD_PRELOAD=build-release/bench/libopcount.so OPCOUNT_OUT=FILE prog
  *
+ * C++'s operator new and delete are counted too.
+ *
  * The line goes to OPCOUNT_OUT (appended) or to stderr:
  *   opcount ops=N class_locks=N class_contended=N heap_locks=N heap_contended=N
  *
@@ -18,6 +20,7 @@
  * atomic add to every operation.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -56,6 +59,60 @@ void free(void *p)
     memalloc_free(p);
 }
 void cfree(void *p) { free(p); }
+
+/* C++'s operators.  libmemalloc exports its own (src/operators.c), but as
+ * this shim's dependency it comes after libstdc++ in the lookup order, so
+ * the program would get libstdc++'s, whose array forms call the plain ones
+ * again: each operator here counts once, then calls libmemalloc's own,
+ * looked up in libmemalloc itself at its first call (not RTLD_NEXT, which
+ * finds libstdc++'s).  A delete of NULL is not an operation, as for free. */
+static void *memalloc_symbol(const char *name)
+{
+    static void *lib;
+    void *h = __atomic_load_n(&lib, __ATOMIC_RELAXED);
+    Dl_info info;
+    if (!h && dladdr((void *)memalloc_malloc, &info) && info.dli_fname) {
+        h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+        __atomic_store_n(&lib, h, __ATOMIC_RELAXED);
+    }
+    void *f = h ? dlsym(h, name) : NULL;
+    if (!f)
+        abort();                    /* not libmemalloc: nothing to count */
+    return f;
+}
+#define NEXT(sym) \
+    static __typeof__(&sym) next; \
+    __typeof__(&sym) f = __atomic_load_n(&next, __ATOMIC_RELAXED); \
+    if (!f) \
+        __atomic_store_n(&next, f = (__typeof__(&sym))memalloc_symbol(#sym), __ATOMIC_RELAXED)
+#define NEW(sym, params, args) \
+    void *sym params; \
+    void *sym params { NEXT(sym); count(); return f args; }
+#define DELETE(sym, params, args) \
+    void sym params; \
+    void sym params { NEXT(sym); if (p) count(); f args; }
+
+typedef const void *nothrow_ref;    /* const std::nothrow_t & */
+NEW(_Znwm, (size_t n), (n))
+NEW(_Znam, (size_t n), (n))
+NEW(_ZnwmRKSt9nothrow_t, (size_t n, nothrow_ref t), (n, t))
+NEW(_ZnamRKSt9nothrow_t, (size_t n, nothrow_ref t), (n, t))
+NEW(_ZnwmSt11align_val_t, (size_t n, size_t a), (n, a))
+NEW(_ZnamSt11align_val_t, (size_t n, size_t a), (n, a))
+NEW(_ZnwmSt11align_val_tRKSt9nothrow_t, (size_t n, size_t a, nothrow_ref t), (n, a, t))
+NEW(_ZnamSt11align_val_tRKSt9nothrow_t, (size_t n, size_t a, nothrow_ref t), (n, a, t))
+DELETE(_ZdlPv, (void *p), (p))
+DELETE(_ZdaPv, (void *p), (p))
+DELETE(_ZdlPvm, (void *p, size_t n), (p, n))
+DELETE(_ZdaPvm, (void *p, size_t n), (p, n))
+DELETE(_ZdlPvRKSt9nothrow_t, (void *p, nothrow_ref t), (p, t))
+DELETE(_ZdaPvRKSt9nothrow_t, (void *p, nothrow_ref t), (p, t))
+DELETE(_ZdlPvSt11align_val_t, (void *p, size_t a), (p, a))
+DELETE(_ZdaPvSt11align_val_t, (void *p, size_t a), (p, a))
+DELETE(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t a), (p, n, a))
+DELETE(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t a), (p, n, a))
+DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t a, nothrow_ref t), (p, a, t))
+DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t a, nothrow_ref t), (p, a, t))
 
 /* Written with write(2) into a stack buffer: stdio may be gone at exit. */
 __attribute__((destructor)) static void report(void)
