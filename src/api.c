@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <string.h>
 
+#include "harden.h"
 #include "init.h"
 #include "memalloc.h"
 #include "options.h"
@@ -31,6 +32,7 @@ static inline void junk_fill(void *p, size_t n)
 
 /* ---- allocation ----------------------------------------------------------- */
 
+
 static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
 {
     if (n > (size_t)PTRDIFF_MAX) {
@@ -38,6 +40,25 @@ static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
         return NULL;
     }
     return large_alloc(n, align, dirty);
+}
+
+/* Hardened mode: a small block with room for its canary, zeroed, straight
+ * from its class; or a large block. */
+static NOINLINE void *alloc_hardened(size_t n, size_t align, size_t *dirty)
+{
+    unsigned cls = harden_class(n, align);
+    if (cls == NUM_CLASSES) {
+        if (align > (size_t)PTRDIFF_MAX / 2) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        return malloc_large(n, align, dirty);
+    }
+    void *p = harden_small_alloc(cls);
+    if (unlikely(!p))
+        errno = ENOMEM;
+    *dirty = 0;
+    return p;
 }
 
 /* A block of class cls for an n-byte request: from this thread's cache
@@ -66,6 +87,8 @@ static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
 static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 {
     ensure_init();
+    if (unlikely(memalloc_hardened))
+        return alloc_hardened(n, align, dirty);
     size_t want = n > align ? n : align;
     if (align <= CLASS_ALIGN_MAX && want <= SMALL_MAX) {
         unsigned cls = size_to_class(want);
@@ -89,6 +112,8 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 {
     ensure_init();
+    if (unlikely(memalloc_hardened))
+        return alloc_hardened(n, ALIGNMENT, dirty);
     if (likely(n <= SMALL_MAX))
         return small_alloc(size_to_class(n), n, dirty);
     return malloc_large(n, ALIGNMENT, dirty);
@@ -142,6 +167,11 @@ static NOINLINE void free_checked(void *p, const char *func)
     void *meta;
     switch (ptr_lookup(p, &meta)) {
     case PTR_SMALL: {
+        if (unlikely(memalloc_hardened)) {
+            harden_small_free(meta, p, func);
+            purge_maybe();
+            return;
+        }
         /* A thread that only frees (a consumer) gets its cache here: its
          * frees then go back in batches, parked for the threads that
          * allocate, instead of one class lock each. */
@@ -197,6 +227,8 @@ static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_ki
 {
     *kind = ptr_lookup(p, meta);
     if (*kind == PTR_SMALL) {
+        if (unlikely(memalloc_hardened))
+            return harden_small_check(*meta, p, func);
         /* The chunk counts cached blocks as in use: ask the caches. */
         if (((void **)p)[1] == (void *)memalloc_free_key && tcache_holds(p))
             fatal_pointer(func, "use after free", p);
@@ -352,6 +384,7 @@ EXPORT int memalloc_malloc_trim(size_t pad)
     ensure_init();
     if (tcache_current())
         tcache_flush_all(tcache_current());
+    harden_flush();
     return purge_trim(pad);
 }
 

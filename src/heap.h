@@ -21,6 +21,8 @@
  * Lock order (never taken in any other order):
  *   thread-cache list lock -> size-class locks, in class-index order
  *   -> heap-top lock
+ * The hardened mode's quarantine lock (harden.c) is held with none of these,
+ * except by the fork handlers, which take it before all of them.
  * A thread holds at most one class lock except in memalloc_check() and the
  * fork handlers, which take all of them in index order.  Nothing that may
  * call malloc is called while any of these locks is held.

@@ -7,6 +7,7 @@
  * itself call malloc, is called once the tables are ready.  The fork
  * handlers take the locks in the documented order (heap.h).
  */
+#include "harden.h"
 #include "init.h"
 #include "options.h"
 #include "purge.h"
@@ -33,6 +34,7 @@ static void fork_prepare(void)
     if (!fork_locked)
         return;
     os_stdio_lock();
+    harden_fork_prepare();
     tcache_list_lock();
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         pthread_mutex_lock(&memalloc_classes[c].lock);
@@ -47,6 +49,7 @@ static void fork_parent(void)
     for (unsigned c = NUM_CLASSES; c-- > 0;)
         pthread_mutex_unlock(&memalloc_classes[c].lock);
     tcache_list_unlock();
+    harden_fork_parent();
     os_stdio_unlock();
 }
 
@@ -60,6 +63,7 @@ static void fork_child(void)
     heap_fork_child();
     chunk_fork_child();
     tcache_fork_child();
+    harden_fork_child();
 }
 
 /* ---- initialisation ----------------------------------------------------- */
@@ -74,6 +78,7 @@ void init_slow(void)
         chunk_init();
         tcache_init();
         bool env = options_load();
+        harden_init(env);
         __atomic_store_n(&memalloc_init_state, env ? INIT_READY : INIT_TABLES,
                          __ATOMIC_RELEASE);
         /* After the tables: pthread_atfork may call malloc, which must then

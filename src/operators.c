@@ -16,14 +16,15 @@
  *
  * Invariants: a throwing new never returns NULL; a nothrow new returns NULL
  * only when the allocation failed and no new-handler is installed; a delete
- * of NULL does nothing; the size given to a sized delete is not used yet.
+ * of NULL does nothing; a sized delete's size is checked in hardened mode
+ * only (one predictable branch in the default mode).
  */
 #define _GNU_SOURCE
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "harden.h"
 #include "memalloc.h"
-#include "os.h"
 
 typedef void (*new_handler)(void);
 extern new_handler cxx_get_new_handler(void) __asm__("_ZSt15get_new_handlerv") __attribute__((weak));
@@ -70,6 +71,13 @@ static inline void *new_aligned(size_t n, size_t align, bool nothrow)
     return likely(p != NULL) ? p : new_failed(n, align, nothrow);
 }
 
+static inline void delete_sized(void *p, size_t n, size_t align)
+{
+    if (unlikely(memalloc_hardened) && p)
+        harden_sized_delete(p, n, align);
+    memalloc_free(p);
+}
+
 #define OP(ret, name, sym, params, body) \
     EXPORT ret name params __asm__(sym); \
     EXPORT ret name params body
@@ -94,8 +102,8 @@ OP(void *, op_new_array_aligned_nothrow, "_ZnamSt11align_val_tRKSt9nothrow_t",
  * aligned and nothrow */
 OP(void, op_delete, "_ZdlPv", (void *p), { memalloc_free(p); })
 OP(void, op_delete_array, "_ZdaPv", (void *p), { memalloc_free(p); })
-OP(void, op_delete_sized, "_ZdlPvm", (void *p, size_t n), { (void)n; memalloc_free(p); })
-OP(void, op_delete_array_sized, "_ZdaPvm", (void *p, size_t n), { (void)n; memalloc_free(p); })
+OP(void, op_delete_sized, "_ZdlPvm", (void *p, size_t n), { delete_sized(p, n, 0); })
+OP(void, op_delete_array_sized, "_ZdaPvm", (void *p, size_t n), { delete_sized(p, n, 0); })
 OP(void, op_delete_nothrow, "_ZdlPvRKSt9nothrow_t", (void *p, const void *nt),
    { (void)nt; memalloc_free(p); })
 OP(void, op_delete_array_nothrow, "_ZdaPvRKSt9nothrow_t", (void *p, const void *nt),
@@ -105,9 +113,9 @@ OP(void, op_delete_aligned, "_ZdlPvSt11align_val_t", (void *p, size_t al),
 OP(void, op_delete_array_aligned, "_ZdaPvSt11align_val_t", (void *p, size_t al),
    { (void)al; memalloc_free(p); })
 OP(void, op_delete_sized_aligned, "_ZdlPvmSt11align_val_t", (void *p, size_t n, size_t al),
-   { (void)n; (void)al; memalloc_free(p); })
+   { delete_sized(p, n, al); })
 OP(void, op_delete_array_sized_aligned, "_ZdaPvmSt11align_val_t", (void *p, size_t n, size_t al),
-   { (void)n; (void)al; memalloc_free(p); })
+   { delete_sized(p, n, al); })
 OP(void, op_delete_aligned_nothrow, "_ZdlPvSt11align_val_tRKSt9nothrow_t",
    (void *p, size_t al, const void *nt), { (void)al; (void)nt; memalloc_free(p); })
 OP(void, op_delete_array_aligned_nothrow, "_ZdaPvSt11align_val_tRKSt9nothrow_t",

@@ -33,7 +33,12 @@
         /* ms memory stays unused before a pass purges it */ \
     X(OPT_BACKGROUND, "MEMALLOC_BACKGROUND", 0, 0, 1)   /* a purging thread */ \
     X(OPT_RETAIN_MAX, "MEMALLOC_RETAIN_MAX", 32 << 20, 0, PTRDIFF_MAX) \
-        /* cap of the top space kept after big frees */
+        /* cap of the top space kept after big frees */ \
+    X(OPT_HARDEN, "MEMALLOC_HARDEN", 0, 0, 1)           /* hardened mode (harden.h) */ \
+    X(OPT_QUARANTINE_BLOCKS, "MEMALLOC_QUARANTINE_BLOCKS", 1024, 0, 1 << 16) \
+        /* hardened mode: freed small blocks held back from reuse ... */ \
+    X(OPT_QUARANTINE_BYTES, "MEMALLOC_QUARANTINE_BYTES", 256 << 10, 0, PTRDIFF_MAX) \
+        /* ... and their bytes at most */
 
 #define OPTION_ID(id, env, def, min, max) id,
 enum option_id { OPTIONS(OPTION_ID) OPT_COUNT };

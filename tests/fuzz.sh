@@ -71,14 +71,17 @@ clang "${cflags[@]}" $ub tests/fuzz/fuzz_threads.c tests/fuzz/driver.c $(lib "$o
     -o "$out/fuzz_threads"
 
 purge=(MEMALLOC_PURGE_THRESHOLD=0 MEMALLOC_PURGE_SHARE=0 MEMALLOC_PURGE_DELAY=0)
-variants=(ops_default ops_notcache ops_purge ops_perturb threads_default threads_notcache_purge)
+variants=(ops_default ops_notcache ops_purge ops_perturb ops_harden threads_default
+          threads_notcache_purge threads_harden)
 declare -A envs=(
     [ops_default]="MALLOC_PERTURB_=0"
     [ops_notcache]="MALLOC_PERTURB_=0 MEMALLOC_TCACHE=0"
     [ops_purge]="MALLOC_PERTURB_=0 ${purge[*]}"
     [ops_perturb]="MALLOC_PERTURB_=165"
+    [ops_harden]="MALLOC_PERTURB_=0 MEMALLOC_HARDEN=1 MEMALLOC_QUARANTINE_BLOCKS=64"
     [threads_default]="MALLOC_PERTURB_=0"
     [threads_notcache_purge]="MALLOC_PERTURB_=0 MEMALLOC_TCACHE=0 ${purge[*]}"
+    [threads_harden]="MALLOC_PERTURB_=0 MEMALLOC_HARDEN=1"
 )
 share=$((minutes * 60 / ${#variants[@]}))
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -2,9 +2,15 @@
 // (src/operators.c): every variant reaches memalloc, failures throw
 // std::bad_alloc (after the new-handler) or return nullptr (nothrow), aligned
 // new aligns, and sized and aligned deletes free what they are given.
+// Run again with MEMALLOC_HARDEN=1 (test_cxx_harden): everything above must
+// hold there too, and a sized delete with the wrong size stops the process
+// with one "size mismatch" line (forked children).
 // Linked with libmemalloc, which comes before libstdc++ in the lookup order,
 // as it does when preloaded.
 #include <dlfcn.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +163,60 @@ static void test_containers(void)
     CHECK(memalloc_check() == 0, "memalloc_check found damage");
 }
 
+// In a child, with stderr into a pipe: new n bytes (aligned to al if al),
+// then the sized delete with size m.  The child must die of SIGABRT with
+// one line naming operator delete, "size mismatch" and the pointer.
+static void mismatch_case(size_t n, size_t m, size_t al)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        void *p = al ? ::operator new(n, std::align_val_t(al)) : ::operator new(n);
+        dprintf(fds[1], "%p|", p);
+        if (al)
+            ::operator delete(p, m, std::align_val_t(al));
+        else
+            ::operator delete(p, m);
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[512];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = '\0';
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    char *bar = strchr(buf, '|');
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
+          "delete of new(%zu) with size %zu (align %zu) was not stopped", n, m, al);
+    if (bar) {
+        *bar = '\0';
+        const char *line = bar + 1;
+        CHECK(strstr(line, "memalloc: operator delete(): size mismatch") &&
+              strstr(line, buf) && strchr(line, '\n') == line + strlen(line) - 1,
+              "delete of new(%zu) with size %zu: want one size-mismatch line naming %s, got: %s",
+              n, m, buf, line);
+    }
+}
+
+static void test_hardened_mismatch(void)
+{
+    mismatch_case(24, 200, 0);      // another class
+    mismatch_case(200, 24, 0);
+    mismatch_case(100, 1000, 64);
+    mismatch_case(300000, 300016, 0);   // a large block's recorded size
+    mismatch_case(300000, 100, 0);
+    mismatch_case(100, 300000, 0);
+}
+
 int main()
 {
     // Under valgrind (its preload is in LD_PRELOAD) memcheck puts its own
@@ -168,6 +228,9 @@ int main()
     test_failure();
     test_aligned_and_sized();
     test_containers();
+    const char *h = getenv("MEMALLOC_HARDEN");
+    if (h && strcmp(h, "1") == 0)
+        test_hardened_mismatch();
     if (failures)
         fprintf(stderr, "test_cxx: %d failure(s)\n", failures);
     return failures ? 1 : 0;

@@ -1,0 +1,41 @@
+/*
+ * harden.h - the hardened mode (MEMALLOC_HARDEN=1, harden.c): canaries
+ * after small blocks, blocks zeroed when freed and checked when handed
+ * out again, a FIFO quarantine of freed small blocks, and
+ * every small free decided by its chunk's bitmap under the class lock.
+ *
+ * Invariants: the mode is chosen once, before the first block is handed
+ * out, and never changes; in it no thread has a cache, so the hot paths
+ * always miss (as they do for MALLOC_PERTURB_) and the default mode pays
+ * nothing for the checks.
+ */
+#ifndef MEMALLOC_HARDEN_H
+#define MEMALLOC_HARDEN_H
+
+#include "chunk.h"
+
+/* The last CANARY bytes of every small block handed out in hardened mode:
+ * a request of n bytes takes the class of n + CANARY. */
+#define CANARY 8u
+
+extern bool memalloc_hardened HIDDEN;       /* set once in init */
+
+HIDDEN void harden_init(bool env_at_first_call);
+HIDDEN void harden_fork_prepare(void);      /* the quarantine's lock, for fork */
+HIDDEN void harden_fork_parent(void);
+HIDDEN void harden_fork_child(void);
+/* The class for n bytes at alignment align (both in hardened mode), or
+ * NUM_CLASSES when it takes a large block. */
+HIDDEN unsigned harden_class(size_t n, size_t align);
+HIDDEN void *harden_small_alloc(unsigned cls);
+/* The usable size of p, a block of chunk c, once it is vouched for: in
+ * use, canary intact; otherwise the process stops naming func. */
+HIDDEN size_t harden_small_check(struct chunk *c, const void *p, const char *func);
+HIDDEN void harden_small_free(struct chunk *c, void *p, const char *func);
+HIDDEN void harden_flush(void);             /* the quarantine emptied (malloc_trim) */
+/* C++'s sized delete: n (and the alignment, 0 for none) must be what the
+ * block was allocated with, as far as its class or a large block's
+ * recorded size can tell; otherwise a "size mismatch" stops the process. */
+HIDDEN void harden_sized_delete(const void *p, size_t n, size_t align);
+
+#endif /* MEMALLOC_HARDEN_H */

@@ -1,0 +1,221 @@
+/*
+ * test_harden.c - the hardened mode (MEMALLOC_HARDEN=1, which meson sets
+ * for this test; run by hand it re-executes itself with it).  Each misuse
+ * runs in a forked child that must die of SIGABRT having written one line
+ * naming the function, the kind and the pointer: a small block overflowed
+ * by 1 and by 8 bytes past its usable size (caught at free, realloc and
+ * malloc_usable_size), a double free after the program wrote over the
+ * freed block, a plain double free.  Alongside: freed blocks read as
+ * zeroes, fresh blocks read as zeroes even where the memory held data,
+ * writes up to the usable size are fine, alignment holds, malloc_trim
+ * empties the quarantine.
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "memalloc.h"
+#include "check.h"
+
+enum misuse { OVF1_FREE, OVF8_FREE, OVF1_REALLOC, OVF1_USABLE, OVF_ALIGNED,
+              DOUBLE_FREE, DOUBLE_FREE_WRITTEN, DOUBLE_FREE_REUSED_NEIGHBOUR };
+
+static const struct { const char *name, *func, *kind; } cases[] = {
+    [OVF1_FREE] = {"1-byte overflow", "free()", "overflow"},
+    [OVF8_FREE] = {"8-byte overflow", "free()", "overflow"},
+    [OVF1_REALLOC] = {"overflow seen by realloc", "realloc()", "overflow"},
+    [OVF1_USABLE] = {"overflow seen by malloc_usable_size", "malloc_usable_size()", "overflow"},
+    [OVF_ALIGNED] = {"overflow of an aligned block", "free()", "overflow"},
+    [DOUBLE_FREE] = {"double free", "free()", "double free"},
+    [DOUBLE_FREE_WRITTEN] = {"double free after writing the freed block", "free()", "double free"},
+    [DOUBLE_FREE_REUSED_NEIGHBOUR] = {"double free with the neighbours busy", "free()",
+                                      "double free"},
+};
+
+static void misuse(int which, void *arg)
+{
+    size_t n = (size_t)(uintptr_t)arg;
+    char *p = which == OVF_ALIGNED ? memalloc_aligned_alloc(64, n) : memalloc_malloc(n);
+    char *volatile keep = memalloc_malloc(n);   /* a neighbour in use */
+    size_t u = memalloc_malloc_usable_size(p);
+    fprintf(stdout, "%p\n", (void *)p);     /* the parent reads the pointer here */
+    fflush(stdout);
+    switch (which) {
+    case OVF1_FREE: case OVF_ALIGNED:
+        p[u] ^= 1;
+        memalloc_free(p);
+        break;
+    case OVF8_FREE:
+        memset(p + u, 'A', 8);
+        memalloc_free(p);
+        break;
+    case OVF1_REALLOC:
+        p[u] ^= 0x80;
+        p = memalloc_realloc(p, 2 * n + 64);
+        break;
+    case OVF1_USABLE:
+        p[u] ^= 0x10;
+        (void)memalloc_malloc_usable_size(p);
+        break;
+    case DOUBLE_FREE:
+        memalloc_free(p);
+        memalloc_free(p);
+        break;
+    case DOUBLE_FREE_WRITTEN:
+        memalloc_free(p);
+        memset(p, 0, n);            /* wipes anything a free may keep in the block */
+        memalloc_free(p);
+        break;
+    case DOUBLE_FREE_REUSED_NEIGHBOUR:
+        memalloc_free(p);
+        for (int i = 0; i < 100; i++) {
+            void *volatile other = memalloc_malloc(n);
+            (void)other;
+        }
+        memalloc_free(p);
+        break;
+    }
+    (void)keep;
+}
+
+/* misuse() prints the pointer on stdout before it acts, so the child runs
+ * with stdout into a pipe too. */
+static void run_case(int which, size_t n)
+{
+    int out[2];
+    if (pipe(out) != 0) {
+        FAIL("pipe");
+        return;
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(out[0]);
+        dup2(out[1], 1);
+        char err[1024];
+        size_t len;
+        int st = run_captured(misuse, which, (void *)(uintptr_t)n, err, sizeof err, &len);
+        /* Report to the parent: status, then the stderr line. */
+        dprintf(1, "%d\n%s", st, err);
+        _exit(0);
+    }
+    close(out[1]);
+    char buf[2048];
+    size_t len = read_all(out[0], buf, sizeof buf);
+    close(out[0]);
+    wait_child(pid);
+    void *p = NULL;
+    int st = 0, off = 0;
+    if (sscanf(buf, "%p\n%d\n%n", &p, &st, &off) < 2) {
+        FAIL("%s (%zu bytes): no report from the child: %s", cases[which].name, n, buf);
+        return;
+    }
+    const char *line = buf + off;
+    size_t line_len = len - (size_t)off;
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "%s (%zu bytes): child %s %d",
+          cases[which].name, n, CHILD_HOW(st));
+    CHECK(abort_line_ok(line, line_len, cases[which].func, p) && strstr(line, cases[which].kind),
+          "%s (%zu bytes): want one line with %s, \"%s\" and %p; got: %s", cases[which].name, n,
+          cases[which].func, cases[which].kind, p, line);
+}
+
+static int all_zero(const unsigned char *p, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+static void test_zeroes(void)
+{
+    static const size_t sizes[] = {1, 8, 24, 100, 500, 4000, 30000, 100000};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        /* Dirty a run of blocks, free them, take them again: zeroes. */
+        unsigned char *v[64];
+        for (int i = 0; i < 64; i++) {
+            v[i] = memalloc_malloc(n);
+            size_t u = memalloc_malloc_usable_size(v[i]);
+            CHECK(u >= n, "usable %zu < %zu", u, n);
+            memset(v[i], 0xa5, u);  /* up to the usable size is allowed */
+        }
+        for (int i = 0; i < 64; i += 2) {
+            size_t u = memalloc_malloc_usable_size(v[i]);
+            memalloc_free(v[i]);
+            /* The freed block reads as zeroes (its second word may hold the
+             * free key that marks free blocks). */
+            CHECK(all_zero(v[i], 0, 8) && all_zero(v[i], 16, u),
+                  "freed %zu-byte block %p holds old data", n, (void *)v[i]);
+        }
+        for (int i = 0; i < 64; i += 2) {
+            v[i] = memalloc_malloc(n);
+            CHECK(all_zero(v[i], 0, n), "fresh %zu-byte block %p is not zeroed", n, (void *)v[i]);
+        }
+        for (int i = 0; i < 64; i++)
+            memalloc_free(v[i]);
+    }
+}
+
+static void test_alignment(void)
+{
+    for (size_t al = 16; al <= 8192; al *= 2) {
+        char *p = memalloc_aligned_alloc(al, al);
+        CHECK(p && ((uintptr_t)p & (al - 1)) == 0, "aligned_alloc(%zu) gave %p", al, (void *)p);
+        size_t u = memalloc_malloc_usable_size(p);
+        CHECK(u >= al, "aligned_alloc(%zu): usable %zu", al, u);
+        memset(p, 1, u);
+        memalloc_free(p);
+    }
+    char *r = memalloc_malloc(10);
+    memset(r, 7, 10);
+    for (size_t n = 20; n < 300000; n = n * 3 / 2) {
+        r = memalloc_realloc(r, n);
+        CHECK(r && r[0] == 7 && r[9] == 7, "realloc chain lost data at %zu", n);
+        memset(r + 10, 0, n - 10);
+    }
+    memalloc_free(r);
+    CHECK_HEAP("the hardened run");
+}
+
+/* Freed blocks wait in the quarantine (still in use for their chunks)
+ * until malloc_trim hands them all back. */
+static void test_quarantine_trim(void)
+{
+    size_t before = stats().small_in_use;
+    void *v[100];
+    for (int i = 0; i < 100; i++)
+        v[i] = memalloc_malloc(200);
+    for (int i = 0; i < 100; i++)
+        memalloc_free(v[i]);
+    size_t held = stats().small_in_use;
+    CHECK(held > before, "freed blocks did not wait in the quarantine (%zu, %zu)", before, held);
+    memalloc_malloc_trim(0);
+    size_t after = stats().small_in_use;
+    CHECK(after <= before, "malloc_trim left %zu bytes in use, %zu before", after, before);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    const char *h = getenv("MEMALLOC_HARDEN");
+    if (!h || strcmp(h, "1") != 0) {
+        setenv("MEMALLOC_HARDEN", "1", 1);
+        exec_self("/proc/self/exe", argv, NULL);
+        FAIL("re-exec with MEMALLOC_HARDEN=1");
+        return check_report("test_harden");
+    }
+    static const size_t sizes[] = {24, 100, 4096, 20000, 100000};
+    for (int which = OVF1_FREE; which <= DOUBLE_FREE_REUSED_NEIGHBOUR; which++)
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+            run_case(which, sizes[k]);
+    test_zeroes();
+    test_alignment();
+    test_quarantine_trim();
+    return check_report("test_harden");
+}
