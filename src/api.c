@@ -32,7 +32,6 @@ static inline void junk_fill(void *p, size_t n)
 
 /* ---- allocation ----------------------------------------------------------- */
 
-
 static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
 {
     if (n > (size_t)PTRDIFF_MAX) {
@@ -87,7 +86,7 @@ static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
 static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 {
     ensure_init();
-    if (unlikely(memalloc_hardened))
+    if (unlikely(hardened()))
         return alloc_hardened(n, align, dirty);
     size_t want = n > align ? n : align;
     if (align <= CLASS_ALIGN_MAX && want <= SMALL_MAX) {
@@ -112,7 +111,7 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 {
     ensure_init();
-    if (unlikely(memalloc_hardened))
+    if (unlikely(hardened()))
         return alloc_hardened(n, ALIGNMENT, dirty);
     if (likely(n <= SMALL_MAX))
         return small_alloc(size_to_class(n), n, dirty);
@@ -167,7 +166,7 @@ static NOINLINE void free_checked(void *p, const char *func)
     void *meta;
     switch (ptr_lookup(p, &meta)) {
     case PTR_SMALL: {
-        if (unlikely(memalloc_hardened)) {
+        if (unlikely(hardened())) {
             harden_small_free(meta, p, func);
             purge_maybe();
             return;
@@ -227,7 +226,7 @@ static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_ki
 {
     *kind = ptr_lookup(p, meta);
     if (*kind == PTR_SMALL) {
-        if (unlikely(memalloc_hardened))
+        if (unlikely(hardened()))
             return harden_small_check(*meta, p, func);
         /* The chunk counts cached blocks as in use: ask the caches. */
         if (((void **)p)[1] == (void *)memalloc_free_key && tcache_holds(p))

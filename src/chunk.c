@@ -493,9 +493,9 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
     bool was_carved;
     void **p = take_block(c, &was_carved);
     touch(c, now);
-    /* Fresh memory reads as zero; so, in hardened mode, does every block
-     * that was freed (harden.c zeroes it, the key aside, before it comes
-     * back here). */
+    /* Fresh memory reads as zero; so, in hardened mode (set before the
+     * first block and never changed), does every block that was freed:
+     * harden.c zeroes it, the key aside, before it comes back here. */
     *zeroed = was_carved ? option(OPT_HARDEN) != 0 : c->fresh;
     if (!*zeroed || was_carved)
         p[1] = NULL;                /* drop the free key */

@@ -20,7 +20,6 @@
 #include "harden.h"
 #include "options.h"
 
-bool memalloc_hardened HIDDEN;
 static uint64_t canary_secret;
 
 /* ---- the quarantine ----------------------------------------------------------- */
@@ -102,28 +101,19 @@ static void release(void *const *out, unsigned n)
     }
 }
 
-void harden_fork_prepare(void) { if (memalloc_hardened) pthread_mutex_lock(&q_lock); }
-void harden_fork_parent(void) { if (memalloc_hardened) pthread_mutex_unlock(&q_lock); }
-void harden_fork_child(void) { if (memalloc_hardened) lock_init(&q_lock); }
+void harden_fork_prepare(void) { if (hardened()) pthread_mutex_lock(&q_lock); }
+void harden_fork_parent(void) { if (hardened()) pthread_mutex_unlock(&q_lock); }
+void harden_fork_child(void) { if (hardened()) lock_init(&q_lock); }
 
-/* Hardening must cover every block or none: a block handed out before the
- * environment was read would have no canary.  The loader and libc have
- * set the environment up before the first malloc on glibc; if some start
- * did not, the request is refused aloud rather than half honoured. */
-void harden_init(bool env_at_first_call)
+/* Right after the first options_load, before any block is handed out
+ * (options.c takes MEMALLOC_HARDEN from that load only). */
+void harden_init(void)
 {
-    if (!option(OPT_HARDEN))
+    if (!hardened())
         return;
-    if (!env_at_first_call) {
-        option_set(OPT_HARDEN, 0);  /* chunk.c reads it */
-        message("memalloc: warning: MEMALLOC_HARDEN ignored: blocks were handed out "
-                "before the environment could be read\n");
-        return;
-    }
     canary_secret = os_random();
     /* Zero fills replace junk fills: a test for stale data must see 0. */
     option_set(OPT_PERTURB, 0);
-    memalloc_hardened = true;
 }
 
 static inline uint64_t canary_of(const void *p)
@@ -134,9 +124,9 @@ static inline uint64_t canary_of(const void *p)
 
 unsigned harden_class(size_t n, size_t align)
 {
-    size_t want = n + CANARY;       /* n <= SMALL_MAX here: no overflow */
     if (n > SMALL_MAX || align > CLASS_ALIGN_MAX)
         return NUM_CLASSES;
+    size_t want = n + CANARY;
     if (want < align)
         want = align;
     if (want > SMALL_MAX)
@@ -186,8 +176,9 @@ size_t harden_small_check(struct chunk *c, const void *p, const char *func)
         pthread_mutex_lock(&q_lock);
         bool waiting = q_has(p);
         pthread_mutex_unlock(&q_lock);
+        bool freeing = strcmp(func, "free") == 0 || strcmp(func, "operator delete") == 0;
         if (waiting)
-            fatal_pointer(func, func[0] == 'f' ? "double free" : "use after free", p);
+            fatal_pointer(func, freeing ? "double free" : "use after free", p);
         fatal_pointer(func, "overflow past the end of", p);
     }
     return size - CANARY;
@@ -227,7 +218,7 @@ void harden_small_free(struct chunk *c, void *p, const char *func)
  * the program freed can be given back. */
 void harden_flush(void)
 {
-    if (!memalloc_hardened)
+    if (!hardened())
         return;
     for (;;) {
         void *out[Q_RELEASE];

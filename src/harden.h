@@ -13,14 +13,16 @@
 #define MEMALLOC_HARDEN_H
 
 #include "chunk.h"
+#include "options.h"
 
 /* The last CANARY bytes of every small block handed out in hardened mode:
  * a request of n bytes takes the class of n + CANARY. */
 #define CANARY 8u
 
-extern bool memalloc_hardened HIDDEN;       /* set once in init */
+/* The mode's one switch: the option, set by the first options_load only. */
+static inline bool hardened(void) { return option(OPT_HARDEN) != 0; }
 
-HIDDEN void harden_init(bool env_at_first_call);
+HIDDEN void harden_init(void);
 HIDDEN void harden_fork_prepare(void);      /* the quarantine's lock, for fork */
 HIDDEN void harden_fork_parent(void);
 HIDDEN void harden_fork_child(void);

@@ -78,7 +78,7 @@ void init_slow(void)
         chunk_init();
         tcache_init();
         bool env = options_load();
-        harden_init(env);
+        harden_init();
         __atomic_store_n(&memalloc_init_state, env ? INIT_READY : INIT_TABLES,
                          __ATOMIC_RELEASE);
         /* After the tables: pthread_atfork may call malloc, which must then

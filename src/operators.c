@@ -73,7 +73,7 @@ static inline void *new_aligned(size_t n, size_t align, bool nothrow)
 
 static inline void delete_sized(void *p, size_t n, size_t align)
 {
-    if (unlikely(memalloc_hardened) && p)
+    if (unlikely(hardened()) && p)
         harden_sized_delete(p, n, align);
     memalloc_free(p);
 }

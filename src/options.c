@@ -48,9 +48,16 @@ static bool parse_value(const char *s, long *out)
 }
 
 /* Before libc has set up the environment (the loader may call malloc that
- * early) the defaults hold and the caller asks again later. */
+ * early) the defaults hold and the caller asks again later.  The hardened
+ * mode must cover every block or none, so MEMALLOC_HARDEN counts only when
+ * the environment is there at the first call (on glibc it is): read later,
+ * blocks handed out before would lack their canaries, and it is refused
+ * aloud. */
 bool options_load(void)
 {
+    static bool asked;              /* by the first call, under INIT_RUNNING */
+    bool first = !asked;
+    asked = true;
     if (!os_env_ready())
         return false;
     int saved = errno;
@@ -60,6 +67,11 @@ bool options_load(void)
         const char *s = os_getenv(d->env);
         if (!s)
             continue;
+        if (i == OPT_HARDEN && !first) {
+            message("memalloc: warning: MEMALLOC_HARDEN ignored: blocks were handed out "
+                    "before the environment could be read\n");
+            continue;
+        }
         long v;
         if (parse_value(s, &v) && v >= d->min && v <= d->max) {
             memalloc_options[i] = v;
