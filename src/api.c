@@ -381,9 +381,9 @@ EXPORT int memalloc_mallopt(int param, int value)
 EXPORT int memalloc_malloc_trim(size_t pad)
 {
     ensure_init();
+    harden_flush();                 /* into this thread's cache, flushed next */
     if (tcache_current())
         tcache_flush_all(tcache_current());
-    harden_flush();
     return purge_trim(pad);
 }
 

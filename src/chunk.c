@@ -325,6 +325,8 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
     if (!fresh) {
         memset(c->used_map, 0, sizeof c->used_map);
         memset(c->purged_map, 0, sizeof c->purged_map);
+        if (option(OPT_HARDEN))
+            memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
     }
     /* Publishing the chunk in the map last: free() trusts these bytes. */
     size_t u = unit_index((uintptr_t)c);
@@ -577,6 +579,8 @@ void chunk_free(struct chunk *c, void *p, const char *func)
     long perturb = option(OPT_PERTURB);
     if (unlikely(perturb))
         memset(p, (int)(perturb & 0xff), c->size);
+    else if (unlikely(option(OPT_HARDEN)))
+        memset(p, 0, c->size);      /* a thread's cache, say: blocks come back zero */
     sc->in_use--;
     put_back(sc, c, p, idx, now);
     pthread_mutex_unlock(&sc->lock);
@@ -614,6 +618,11 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
             void **p = take_block(c, &was_carved);
+            /* Hardened mode hands out blocks that read zero (harden.c
+             * zeroes them at free); memory that held data before this
+             * chunk was made is zeroed here, once. */
+            if (!was_carved && !c->fresh && option(OPT_HARDEN))
+                memset(p, 0, c->size);
             p[1] = (void *)memalloc_free_key;
             if (last)
                 last[0] = link_hide(last, p);
@@ -749,7 +758,8 @@ size_t chunk_release_spares(void)
 static size_t lowest_bit(size_t v) { return v & -v; }
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-/* Once, from init.c, after classes_init: each class's chunk geometry, and
+/* Once, from init.c, after the first options_load (a hardened mode's chunk
+ * headers hold a live map too) and classes_init: each class's chunk geometry, and
  * the free key and link secret.  The key is never zero or a plausible
  * pointer; it is readable in every free block, so the link secret is drawn
  * apart from it. */
@@ -763,7 +773,8 @@ void chunk_init(void)
          * page) by starting the data area at a multiple of it; that is what
          * lets small aligned requests stay in the classes. */
         size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
-        size_t data_off = round_up(CHUNK_HDR_SIZE, natural < 64 ? 64 : natural);
+        size_t header = CHUNK_HDR_SIZE + (option(OPT_HARDEN) ? CHUNK_LIVE_BYTES : 0);
+        size_t data_off = round_up(header, natural < 64 ? 64 : natural);
         size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
         size_t capacity = (units * UNIT - data_off) / size;
         if (capacity > CHUNK_MAX_BLOCKS)

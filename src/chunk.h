@@ -65,6 +65,17 @@ struct chunk {
 };
 #define CHUNK_HDR_SIZE sizeof(struct chunk)
 
+/* In hardened mode only, between the header and block 0: one bit per block,
+ * set while the program holds the block (harden.c flips it atomically).  A
+ * block in a thread cache or in the quarantine is in use for used_map but
+ * free here, so this map, not the block, says whether a free is a double
+ * free. */
+#define CHUNK_LIVE_BYTES (CHUNK_MAX_BLOCKS / 8)
+static inline uint64_t *chunk_live_map(struct chunk *c)
+{
+    return (uint64_t *)((char *)c + CHUNK_HDR_SIZE);
+}
+
 /* The number of the block that starts off bytes above block 0 of c, or,
  * when off is not a multiple of the block size, a number above 2^46, which
  * no block count reaches.  One multiply and one rotate (exact division by

@@ -1,13 +1,13 @@
 /*
  * harden.h - the hardened mode (MEMALLOC_HARDEN=1, harden.c): canaries
  * after small blocks, blocks zeroed when freed and checked when handed
- * out again, a FIFO quarantine of freed small blocks, and
- * every small free decided by its chunk's bitmap under the class lock.
+ * out again, a FIFO quarantine of freed small blocks, and every small
+ * free decided by its chunk's live map.
  *
  * Invariants: the mode is chosen once, before the first block is handed
- * out, and never changes; in it no thread has a cache, so the hot paths
- * always miss (as they do for MALLOC_PERTURB_) and the default mode pays
- * nothing for the checks.
+ * out, and never changes; in it the hot paths see the always-empty cache
+ * (as they do for MALLOC_PERTURB_), so the default mode pays nothing for
+ * the checks.
  */
 #ifndef MEMALLOC_HARDEN_H
 #define MEMALLOC_HARDEN_H

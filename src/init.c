@@ -74,10 +74,10 @@ void init_slow(void)
     if (__atomic_compare_exchange_n(&memalloc_init_state, &expected, INIT_RUNNING, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         os_init();
+        bool env = options_load();  /* first: it fixes the hardened mode */
         classes_init();
         chunk_init();
         tcache_init();
-        bool env = options_load();
         harden_init();
         __atomic_store_n(&memalloc_init_state, env ? INIT_READY : INIT_TABLES,
                          __ATOMIC_RELEASE);

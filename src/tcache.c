@@ -361,7 +361,9 @@ struct tcache *tcache_create(void)
         return NULL;
     }
     tc_own = t;
-    memalloc_tc = option(OPT_PERTURB) ? &memalloc_tc_none : t;
+    /* Perturbing and hardened processes keep the cache for their slow
+     * paths only: the hot paths always miss. */
+    memalloc_tc = option(OPT_PERTURB) || option(OPT_HARDEN) ? &memalloc_tc_none : t;
     return t;
 }
 
