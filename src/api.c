@@ -45,18 +45,21 @@ static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
  * from its class; or a large block. */
 static NOINLINE void *alloc_hardened(size_t n, size_t align, size_t *dirty)
 {
+    *dirty = 0;
+    void *p;
+    if (n == 0 && align <= ALIGNMENT && (p = harden_zero_alloc()))
+        return p;
     unsigned cls = harden_class(n, align);
     if (cls == NUM_CLASSES) {
-        if (align > (size_t)PTRDIFF_MAX / 2) {
+        if (align > (size_t)PTRDIFF_MAX / 2 || n > (size_t)PTRDIFF_MAX) {
             errno = ENOMEM;
             return NULL;
         }
-        return malloc_large(n, align, dirty);
+        return harden_large_alloc(n, align, dirty);
     }
-    void *p = harden_small_alloc(cls);
+    p = harden_small_alloc(cls);
     if (unlikely(!p))
         errno = ENOMEM;
-    *dirty = 0;
     return p;
 }
 
@@ -168,7 +171,6 @@ static NOINLINE void free_checked(void *p, const char *func)
     case PTR_SMALL: {
         if (unlikely(hardened())) {
             harden_small_free(meta, p, func);
-            purge_maybe();
             return;
         }
         /* A thread that only frees (a consumer) gets its cache here: its
@@ -180,6 +182,11 @@ static NOINLINE void free_checked(void *p, const char *func)
     }
     case PTR_LARGE: {
         struct large_block *b = meta;
+        if (unlikely(hardened())) {
+            harden_large_free(b, p, func);
+            purge_maybe();
+            return;
+        }
         if (unlikely(option(OPT_PERTURB)) && b->s.kind == SPAN_LARGE &&
             (char *)b + b->user_off == (char *)p)
             memset(p, (int)(option(OPT_PERTURB) & 0xff), b->requested);
@@ -188,6 +195,8 @@ static NOINLINE void free_checked(void *p, const char *func)
         return;
     }
     case PTR_BAD:
+        if (unlikely(hardened()) && harden_zero_owns(p, true, func))
+            return;
         break;
     }
     fatal_pointer(func, "invalid pointer", p);
@@ -236,8 +245,10 @@ static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_ki
     if (*kind == PTR_LARGE) {
         struct large_block *b = *meta;
         if (b->s.kind == SPAN_LARGE && (char *)b + b->user_off == (char *)p)
-            return large_usable(b);
+            return unlikely(hardened()) ? harden_large_check(b, p, func) : large_usable(b);
     }
+    if (unlikely(hardened()) && harden_zero_owns(p, false, func))
+        return 0;
     fatal_pointer(func, "invalid pointer", p);
 }
 
@@ -254,7 +265,7 @@ EXPORT void *memalloc_realloc(void *p, size_t n)
     size_t old = usable_checked(p, "realloc", &meta, &kind);
     /* A large block shrinks in place, or grows into free space or the break
      * above it; a small block that still fits stays where it is. */
-    if (kind == PTR_LARGE && large_resize_in_place(meta, n)) {
+    if (kind == PTR_LARGE && !hardened() && large_resize_in_place(meta, n)) {
         purge_maybe();              /* a shrink may have freed units */
         return p;
     }

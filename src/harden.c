@@ -20,10 +20,12 @@
  * first two words, which caches and chunks use for their links and keys.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <string.h>
 
 #include "harden.h"
 #include "options.h"
+#include "purge.h"
 #include "tcache.h"
 
 static uint64_t canary_secret;
@@ -109,11 +111,14 @@ static void q_push(void *const *more, const uint32_t *sizes, unsigned n)
     release(out, nout);
 }
 
+/* Also where a hardened program's frees give purging its chance: once a
+ * stage, not once a free (purge_maybe reads the clock). */
 static void stage_flush(void)
 {
     unsigned n = stage.n;
     stage.n = 0;
     q_push(stage.p, stage.size, n);
+    purge_maybe();
 }
 
 /* Thread exit: the stage into the ring, where it ages like any other. */
@@ -123,6 +128,13 @@ static void stage_exit(void *arg)
     stage.dead = 1;
     stage_flush();
 }
+
+/* malloc(0)'s slots (see harden_zero_alloc), under q_lock too. */
+#define ZERO_SLOTS (1u << 16)
+
+static char *zero_base;
+static uint64_t zero_map[ZERO_SLOTS / 64];
+static size_t zero_hint;            /* no free slot in words below */
 
 void harden_fork_prepare(void) { if (hardened()) pthread_mutex_lock(&q_lock); }
 void harden_fork_parent(void) { if (hardened()) pthread_mutex_unlock(&q_lock); }
@@ -135,6 +147,9 @@ void harden_init(void)
     if (!hardened())
         return;
     canary_secret = os_random();
+    /* Above all the heap could ever span: the break must not run into it. */
+    zero_base = os_reserve_none((size_t)ZERO_SLOTS * ALIGNMENT,
+                                (uintptr_t)raw_break() + (MAP_UNITS << UNIT_SHIFT));
     stage_key_ok = pthread_key_create(&stage_key, stage_exit) == 0;
     /* Zero fills replace junk fills: a test for stale data must see 0. */
     option_set(OPT_PERTURB, 0);
@@ -264,6 +279,7 @@ void harden_small_free(struct chunk *c, void *p, const char *func)
     memset(p, 0, size);
     if (option(OPT_QUARANTINE_BLOCKS) == 0 || size > (size_t)option(OPT_QUARANTINE_BYTES)) {
         release(&p, 1);
+        purge_maybe();
         return;
     }
     uint32_t sz = (uint32_t)size;
@@ -281,6 +297,152 @@ void harden_small_free(struct chunk *c, void *p, const char *func)
         stage_flush();
 }
 
+/* ---- large blocks ------------------------------------------------------------------ */
+
+/* A hardened large block has its user pointer on a page of its own above
+ * the header (the alignment path of large_alloc), the bytes from its end
+ * to the next page boundary filled with a pattern (checked at free, at
+ * realloc and by malloc_usable_size), and every page after that to the
+ * end of its span inaccessible: at least one guard page, so that an
+ * overflow into the next span faults at once.  Freed, its pages are given
+ * back (they read zero) and made inaccessible while it waits among the
+ * last LQ_MAX freed large blocks; its header says it is held, so that a
+ * second free is a double free.  Under q_lock. */
+#define LQ_MAX 16
+
+static struct large_block *lq_ring[LQ_MAX];
+static unsigned lq_head, lq_count;
+
+static inline unsigned char tail_byte(const void *p)
+{
+    return (unsigned char)(canary_of(p) | 1);
+}
+
+static char *guard_start(const char *p, size_t n)
+{
+    size_t page = os_page();
+    return (char *)(((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1));
+}
+
+void *harden_large_alloc(size_t n, size_t align, size_t *dirty)
+{
+    size_t page = os_page();
+    if (n > SIZE_MAX - page) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    char *p = large_alloc(n + page, align > page ? align : page, dirty);
+    void *meta;
+    if (!p || ptr_lookup(p, &meta) != PTR_LARGE)
+        return p;
+    struct large_block *b = meta;
+    b->requested = n;
+    if (*dirty)                     /* fresh memory reads zero in this mode */
+        memset(p, 0, *dirty < n ? *dirty : n);
+    *dirty = 0;
+    char *guard = guard_start(p, n), *end = (char *)b + span_bytes(&b->s);
+    memset(p + n, tail_byte(p), (size_t)(guard - (p + n)));
+    if (os_protect(guard, (size_t)(end - guard), false))
+        b->s.flags |= SPAN_GUARD;
+    return p;
+}
+
+size_t harden_large_check(const struct large_block *b, const void *p, const char *func)
+{
+    if (unlikely(b->s.flags & SPAN_HELD))
+        fatal_pointer(func, is_free_call(func) ? "double free" : "use after free", p);
+    const unsigned char *q = p, *guard = (const unsigned char *)guard_start(p, b->requested);
+    unsigned char want = tail_byte(p);
+    for (const unsigned char *t = q + b->requested; t < guard; t++)
+        if (unlikely(*t != want))
+            fatal_pointer(func, "overflow past the end of", p);
+    return b->requested;
+}
+
+/* Out of the quarantine (or past it): accessible again, to the heap. */
+static void large_release(struct large_block *b)
+{
+    char *p = (char *)b + b->user_off;
+    os_protect(p, span_bytes(&b->s) - b->user_off, true);
+    large_free(b, p, "free");
+}
+
+void harden_large_free(struct large_block *b, void *p, const char *func)
+{
+    harden_large_check(b, p, func);
+    large_hold(b, p, func);         /* decides between two racing frees */
+    size_t len = span_bytes(&b->s) - b->user_off;
+    os_purge(p, len, false);        /* reads zero from now on, and costs no memory */
+    os_protect(p, len, false);
+    if (option(OPT_QUARANTINE_BLOCKS) == 0) {
+        large_release(b);
+        return;
+    }
+    struct large_block *out = NULL;
+    pthread_mutex_lock(&q_lock);
+    if (lq_count == LQ_MAX) {
+        out = lq_ring[(lq_head + LQ_MAX - lq_count) % LQ_MAX];
+        lq_count--;
+    }
+    lq_ring[lq_head] = b;
+    lq_head = (lq_head + 1) % LQ_MAX;
+    lq_count++;
+    pthread_mutex_unlock(&q_lock);
+    if (out)
+        large_release(out);
+}
+
+/* ---- malloc(0) ------------------------------------------------------------------ */
+
+/* malloc(0) hands out one of ZERO_SLOTS 16-byte slots of a reservation
+ * that is never accessible, so that any access through the pointer
+ * faults; which are taken is a bitmap here, under q_lock.  When the
+ * reservation is refused or every slot is taken, malloc(0) falls back to
+ * the smallest class.  (The reservation is made by harden_init.) */
+
+void *harden_zero_alloc(void)
+{
+    if (!zero_base)
+        return NULL;
+    void *p = NULL;
+    pthread_mutex_lock(&q_lock);
+    for (size_t w = zero_hint; w < ZERO_SLOTS / 64; w++) {
+        if (zero_map[w] != ~(uint64_t)0) {
+            unsigned bit = (unsigned)__builtin_ctzll(~zero_map[w]);
+            zero_map[w] |= (uint64_t)1 << bit;
+            zero_hint = w;
+            p = zero_base + (w * 64 + bit) * ALIGNMENT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&q_lock);
+    return p;
+}
+
+/* Is p a malloc(0) slot?  Then it is given back (free) or checked (free
+ * is false): a slot not taken is a double free or a use after free. */
+bool harden_zero_owns(const void *p, bool free, const char *func)
+{
+    uintptr_t off = (uintptr_t)p - (uintptr_t)zero_base;
+    if (!zero_base || off >= (uintptr_t)ZERO_SLOTS * ALIGNMENT)
+        return false;
+    if (off % ALIGNMENT)
+        fatal_pointer(func, "interior pointer", p);
+    size_t i = off / ALIGNMENT;
+    uint64_t bit = (uint64_t)1 << (i % 64);
+    pthread_mutex_lock(&q_lock);
+    bool taken = zero_map[i / 64] & bit;
+    if (taken && free) {
+        zero_map[i / 64] &= ~bit;
+        if (i / 64 < zero_hint)
+            zero_hint = i / 64;
+    }
+    pthread_mutex_unlock(&q_lock);
+    if (!taken)
+        fatal_pointer(func, is_free_call(func) ? "double free" : "use after free", p);
+    return true;
+}
+
 /* malloc_trim: every quarantined block back to a cache or chunk, so that
  * what the program freed can be given back (api.c flushes the cache next). */
 void harden_flush(void)
@@ -296,8 +458,20 @@ void harden_flush(void)
             out[n++] = q_pop_oldest();
         pthread_mutex_unlock(&q_lock);
         if (n == 0)
-            return;
+            break;
         release(out, n);
+    }
+    for (;;) {
+        struct large_block *b = NULL;
+        pthread_mutex_lock(&q_lock);
+        if (lq_count) {
+            b = lq_ring[(lq_head + LQ_MAX - lq_count) % LQ_MAX];
+            lq_count--;
+        }
+        pthread_mutex_unlock(&q_lock);
+        if (!b)
+            return;
+        large_release(b);
     }
 }
 
@@ -321,6 +495,8 @@ void harden_sized_delete(const void *p, size_t n, size_t align)
         return;
     }
     case PTR_BAD:
-        return;                     /* free reports it */
+        if (n != 0 && harden_zero_owns(p, false, func))
+            fatal_pointer(func, "size mismatch", p);
+        return;                     /* free reports the rest */
     }
 }

@@ -35,6 +35,14 @@ HIDDEN void *harden_small_alloc(unsigned cls);
 HIDDEN size_t harden_small_check(struct chunk *c, const void *p, const char *func);
 HIDDEN void harden_small_free(struct chunk *c, void *p, const char *func);
 HIDDEN void harden_flush(void);             /* the quarantine emptied (malloc_trim) */
+/* Large blocks: guarded, checked, quarantined inaccessible (harden.c). */
+HIDDEN void *harden_large_alloc(size_t n, size_t align, size_t *dirty);
+HIDDEN size_t harden_large_check(const struct large_block *b, const void *p, const char *func);
+HIDDEN void harden_large_free(struct large_block *b, void *p, const char *func);
+/* malloc(0): a slot nobody can access, or NULL (then a small block).  A
+ * pointer that is a slot is given back (free) or vouched for: true. */
+HIDDEN void *harden_zero_alloc(void);
+HIDDEN bool harden_zero_owns(const void *p, bool free, const char *func);
 /* C++'s sized delete: n (and the alignment, 0 for none) must be what the
  * block was allocated with, as far as its class or a large block's
  * recorded size can tell; otherwise a "size mismatch" stops the process. */

@@ -193,6 +193,15 @@ static void warn_sbrk_failed(uintptr_t at)
 
 /* Extend the top segment by `bytes` in place.  Only when the break is still
  * where we left it: otherwise the memory above `end` is someone else's. */
+/* New memory from the break is readable and writable, except where
+ * valgrind's brk hands it out with the protection of the pages below it:
+ * a hardened large block's guard pages may end at the break. */
+static void break_grown(void *from, size_t bytes)
+{
+    if (option(OPT_HARDEN))
+        os_protect(from, bytes, true);
+}
+
 static bool extend_top(size_t bytes)
 {
     if (!H.top || raw_break() != (void *)H.end)
@@ -212,6 +221,7 @@ static bool extend_top(size_t bytes)
             raw_sbrk(-(intptr_t)bytes);
         return false;
     }
+    break_grown(old, bytes);
     H.end += bytes;
     H.st.heap_bytes += bytes;
     return true;
@@ -248,6 +258,7 @@ static struct span *new_segment(size_t units)
          * the bins and is still used. */
         H.top->flags |= SPAN_SEG_END;
     }
+    break_grown(old, pad + bytes);
     H.seg_pad = pad;
     H.end = aligned + bytes;
     H.st.heap_bytes += bytes;
@@ -571,17 +582,35 @@ size_t large_usable(const struct large_block *b)
     return span_bytes(&b->s) - b->user_off;
 }
 
-void large_free(struct large_block *b, const void *p, const char *func)
+/* Is b the large block at p?  Heap lock held; unlocks and stops if not.
+ * Re-read under the lock: a racing free may have merged this header into
+ * a free neighbour already. */
+static void large_vouch(const struct large_block *b, const void *p, const char *func)
 {
-    heap_lock();
-    /* Re-read the map under the lock: a racing free may have merged this
-     * header into a free neighbour already. */
     if (memalloc_unit_map[unit_index((uintptr_t)b)] != MAP_SPAN ||
-        b->s.kind != SPAN_LARGE || (char *)b + b->user_off != (const char *)p) {
+        b->s.kind != SPAN_LARGE || (const char *)b + b->user_off != (const char *)p) {
         bool was_free = b->s.kind == SPAN_FREE;
         heap_unlock();
         fatal_pointer(func, was_free ? "double free" : "invalid pointer", p);
     }
+}
+
+void large_hold(struct large_block *b, const void *p, const char *func)
+{
+    heap_lock();
+    large_vouch(b, p, func);
+    bool held = b->s.flags & SPAN_HELD;
+    b->s.flags |= SPAN_HELD;
+    heap_unlock();
+    if (held)
+        fatal_pointer(func, "double free", p);
+}
+
+void large_free(struct large_block *b, const void *p, const char *func)
+{
+    heap_lock();
+    large_vouch(b, p, func);
+    b->s.flags &= SPAN_SEG_END;     /* the hardened mode's marks end here */
     H.st.large_in_use -= span_bytes(&b->s);
     H.st.large_blocks--;
     if (2 * span_bytes(&b->s) > H.retain)

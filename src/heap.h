@@ -55,6 +55,8 @@ enum span_kind {
 };
 
 #define SPAN_SEG_END 1u             /* last span of a non-top segment */
+#define SPAN_HELD 2u                /* hardened mode: a large block in quarantine */
+#define SPAN_GUARD 4u               /* hardened mode: its last pages are inaccessible */
 
 struct span {
     uint32_t kind;                  /* enum span_kind */
@@ -195,6 +197,9 @@ HIDDEN struct span *heap_alloc_span(size_t units, bool *fresh);
 HIDDEN void heap_free_span(struct span *s, size_t dirty);
 HIDDEN void *large_alloc(size_t size, size_t align, size_t *dirty_user);
 HIDDEN void large_free(struct large_block *b, const void *p, const char *func);
+/* Hardened mode: b, the large block at p, turns held (quarantined); a
+ * block that is held already or is no large block at p stops the process. */
+HIDDEN void large_hold(struct large_block *b, const void *p, const char *func);
 HIDDEN bool large_resize_in_place(struct large_block *b, size_t size);
 HIDDEN size_t large_usable(const struct large_block *b);
 HIDDEN void heap_sweep(struct sweep *sw);

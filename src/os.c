@@ -76,6 +76,26 @@ size_t os_purge(void *from, size_t len, bool lazy)
     return b - a;
 }
 
+bool os_protect(void *from, size_t len, bool access)
+{
+    return mprotect(from, len, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
+}
+
+/* Only a hint: the kernel puts mappings where it likes, and valgrind's
+ * brk grows into whatever lies above the break. */
+void *os_reserve_none(size_t len, uintptr_t above)
+{
+    void *p = mmap((void *)above, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if ((uintptr_t)p < above) {
+        munmap(p, len);
+        return NULL;
+    }
+    return p;
+}
+
 /* ---- the break and the reservation above it ------------------------------ */
 
 /*

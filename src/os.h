@@ -37,6 +37,12 @@ extern size_t memalloc_os_page HIDDEN;
  * os_init() before the first block is handed out. */
 static inline size_t os_page(void) { return memalloc_os_page; }
 HIDDEN size_t os_purge(void *from, size_t len, bool lazy);
+/* The hardened mode's guards: whole pages of the heap made inaccessible, or
+ * accessible again; false when the kernel refused (too many mappings). */
+HIDDEN bool os_protect(void *from, size_t len, bool access);
+/* Address space that holds no memory and never will (PROT_NONE), at or
+ * above `above` (where the break can never grow), or NULL. */
+HIDDEN void *os_reserve_none(size_t len, uintptr_t above);
 
 /* ---- time, randomness, environment ------------------------------------------ */
 

@@ -6,7 +6,11 @@
  * by 1 and by 8 bytes past its usable size (caught at free, realloc and
  * malloc_usable_size), a double free after the program wrote over the
  * freed block, a plain double free, a write into a freed block (caught
- * when the block is handed out again).  Alongside: freed blocks read as
+ * when the block is handed out again); for large blocks an overflow
+ * within the last page (caught at free) and a double free, and, killed by
+ * SIGSEGV at the access itself, an overflow into the guard page, a read or
+ * a write after free; through malloc(0), any access (SIGSEGV) and a double
+ * free.  Alongside: freed blocks read as
  * zeroes, fresh blocks read as zeroes even where the memory held data,
  * writes up to the usable size are fine, alignment holds, malloc_trim
  * empties the quarantine.
@@ -25,7 +29,12 @@
 
 enum misuse { OVF1_FREE, OVF8_FREE, OVF1_REALLOC, OVF1_USABLE, OVF_ALIGNED,
               DOUBLE_FREE, DOUBLE_FREE_WRITTEN, DOUBLE_FREE_REUSED_NEIGHBOUR,
-              WRITE_AFTER_FREE };
+              WRITE_AFTER_FREE,
+              /* large blocks */
+              LARGE_OVF_TAIL, LARGE_OVF_GUARD, LARGE_READ_AFTER_FREE, LARGE_WRITE_AFTER_FREE,
+              LARGE_DOUBLE_FREE,
+              /* malloc(0) */
+              ZERO_READ, ZERO_WRITE, ZERO_DOUBLE_FREE };
 
 static const struct { const char *name, *func, *kind; } cases[] = {
     [OVF1_FREE] = {"1-byte overflow", "free()", "overflow"},
@@ -39,12 +48,21 @@ static const struct { const char *name, *func, *kind; } cases[] = {
                                       "double free"},
     [WRITE_AFTER_FREE] = {"write after free, seen when the block is reused", "malloc()",
                           "write after free"},
+    /* A NULL func: the access itself must fault (SIGSEGV), no message. */
+    [LARGE_OVF_TAIL] = {"large block overflowed within its last page", "free()", "overflow"},
+    [LARGE_OVF_GUARD] = {"large block overflowed into its guard page", NULL, NULL},
+    [LARGE_READ_AFTER_FREE] = {"read of a freed large block", NULL, NULL},
+    [LARGE_WRITE_AFTER_FREE] = {"write into a freed large block", NULL, NULL},
+    [LARGE_DOUBLE_FREE] = {"double free of a large block", "free()", "double free"},
+    [ZERO_READ] = {"read through malloc(0)", NULL, NULL},
+    [ZERO_WRITE] = {"write through malloc(0)", NULL, NULL},
+    [ZERO_DOUBLE_FREE] = {"double free of malloc(0)", "free()", "double free"},
 };
 
 static void misuse(int which, void *arg)
 {
     size_t n = (size_t)(uintptr_t)arg;
-    char *p = which == OVF_ALIGNED ? memalloc_aligned_alloc(64, n) : memalloc_malloc(n);
+    char *volatile p = which == OVF_ALIGNED ? memalloc_aligned_alloc(64, n) : memalloc_malloc(n);
     char *volatile keep = memalloc_malloc(n);   /* a neighbour in use */
     size_t u = memalloc_malloc_usable_size(p);
     fprintf(stdout, "%p\n", (void *)p);     /* the parent reads the pointer here */
@@ -81,6 +99,28 @@ static void misuse(int which, void *arg)
             void *volatile other = memalloc_malloc(n);
             (void)other;
         }
+        memalloc_free(p);
+        break;
+    case LARGE_OVF_TAIL:
+        p[n] ^= 1;                  /* p is volatile-written: free must not see through it */
+        memalloc_free(p);
+        break;
+    case LARGE_OVF_GUARD:
+        /* The block's last page ends where the guard starts. */
+        p[(n + page_in_force() - 1) / page_in_force() * page_in_force()] = 1;
+        break;
+    case LARGE_READ_AFTER_FREE: case ZERO_READ:
+        if (which == LARGE_READ_AFTER_FREE)
+            memalloc_free(p);
+        fprintf(stdout, "%d\n", p[0]);
+        break;
+    case LARGE_WRITE_AFTER_FREE: case ZERO_WRITE:
+        if (which == LARGE_WRITE_AFTER_FREE)
+            memalloc_free(p);
+        p[n / 2] = 1;
+        break;
+    case LARGE_DOUBLE_FREE: case ZERO_DOUBLE_FREE:
+        memalloc_free(p);
         memalloc_free(p);
         break;
     case WRITE_AFTER_FREE:
@@ -130,6 +170,11 @@ static void run_case(int which, size_t n)
     }
     const char *line = buf + off;
     size_t line_len = len - (size_t)off;
+    if (!cases[which].func) {
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV, "%s (%zu bytes): child %s %d",
+              cases[which].name, n, CHILD_HOW(st));
+        return;
+    }
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "%s (%zu bytes): child %s %d",
           cases[which].name, n, CHILD_HOW(st));
     CHECK(abort_line_ok(line, line_len, cases[which].func, p) && strstr(line, cases[which].kind),
@@ -219,6 +264,33 @@ static void test_quarantine_trim(void)
     CHECK(after <= before, "malloc_trim left %zu bytes in use, %zu before", after, before);
 }
 
+/* malloc(0): distinct pointers, usable size 0, each freed once, realloc
+ * out of one; a large block's bytes up to its size are the program's
+ * (the guard starts after them), and realloc keeps them. */
+static void test_zero_size(void)
+{
+    void *v[100];
+    for (int i = 0; i < 100; i++) {
+        v[i] = memalloc_malloc(0);
+        CHECK(v[i] != NULL, "malloc(0) gave NULL");
+        for (int j = 0; j < i; j++)
+            CHECK(v[i] != v[j], "malloc(0) gave %p twice", v[i]);
+        CHECK(memalloc_malloc_usable_size(v[i]) == 0, "malloc(0) usable size");
+    }
+    char *r = memalloc_realloc(v[0], 100);  /* from a slot to a block */
+    CHECK(r != NULL, "realloc of malloc(0)");
+    memset(r, 1, 100);
+    memalloc_free(r);
+    for (int i = 1; i < 100; i++)
+        memalloc_free(v[i]);
+    char *big = memalloc_malloc(300000);
+    CHECK(big && memalloc_malloc_usable_size(big) == 300000, "large usable size");
+    memset(big, 7, 300000);         /* every byte up to the size is writable */
+    big = memalloc_realloc(big, 700000);
+    CHECK(big && big[0] == 7 && big[299999] == 7, "large realloc lost data");
+    memalloc_free(big);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -235,6 +307,14 @@ int main(int argc, char **argv)
     for (int which = OVF1_FREE; which <= WRITE_AFTER_FREE; which++)
         for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
             run_case(which, sizes[k]);
+    static const size_t large[] = {200003, 600000};    /* one ends mid-page, one on a page */
+    for (int which = LARGE_OVF_TAIL; which <= LARGE_DOUBLE_FREE; which++)
+        for (size_t k = 0; k < sizeof large / sizeof large[0]; k++)
+            if (which != LARGE_OVF_TAIL || large[k] % page_in_force())
+                run_case(which, large[k]);
+    for (int which = ZERO_READ; which <= ZERO_DOUBLE_FREE; which++)
+        run_case(which, 0);
+    test_zero_size();
     test_zeroes();
     test_alignment();
     test_quarantine_trim();
