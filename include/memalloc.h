@@ -63,7 +63,10 @@ struct memalloc_mallinfo  memalloc_mallinfo(void);
  */
 int memalloc_check(void);
 
-/* Statistics as numbers, for tests and tools (see also MEMALLOC_STATS=1). */
+/* Statistics as numbers, for tests and tools (see also MEMALLOC_STATS=1).
+ * The structure only ever grows at its end: pass sizeof *out, and
+ * memalloc_get_stats fills the fields this library knows, zeroes those of a
+ * newer structure it does not, and returns the size of its own structure. */
 struct memalloc_stats {
     size_t heap_bytes;          /* memalloc's part of the break now       */
     size_t heap_peak;           /* ... and its highest value              */
@@ -77,7 +80,12 @@ struct memalloc_stats {
     size_t small_held;          /* bytes of the small-class chunks now    */
     size_t cached_bytes;        /* small blocks in thread caches / parked */
 };
-void memalloc_get_stats(struct memalloc_stats *out);
+size_t memalloc_get_stats(struct memalloc_stats *out, size_t size);
+
+/* The library's version, "MAJOR.MINOR.PATCH" (MEMALLOC_VERSION is the
+ * header's). */
+#define MEMALLOC_VERSION "0.2.0"
+const char *memalloc_version(void);
 
 /* How often memalloc's locks were taken, and how often a thread had to wait
  * for one that another thread held: what limits scaling, counted on any

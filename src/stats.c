@@ -45,7 +45,7 @@ static size_t chunk_bytes(unsigned c)
     return (size_t)memalloc_classes[c].units * UNIT;
 }
 
-EXPORT void memalloc_get_stats(struct memalloc_stats *out)
+static void get_stats(struct memalloc_stats *out)
 {
     ensure_init();
     struct heap_stats h;
@@ -73,6 +73,37 @@ EXPORT void memalloc_get_stats(struct memalloc_stats *out)
     out->cached_bytes = cached;
 }
 
+/* The caller's structure may be older (smaller) or newer (bigger) than
+ * this library's: the fields both know are filled, a newer caller's extra
+ * ones zeroed, and the caller learns how much this library knows. */
+EXPORT size_t memalloc_get_stats(struct memalloc_stats *out, size_t size)
+{
+    struct memalloc_stats s;
+    get_stats(&s);
+    if (size > sizeof s) {
+        memset((char *)out + sizeof s, 0, size - sizeof s);
+        size = sizeof s;
+    }
+    memcpy(out, &s, size);
+    return sizeof s;
+}
+
+/* memalloc_get_stats as version 0.1 had it, without the size, for the
+ * programs linked against that version (an unversioned reference binds to
+ * the oldest version): its structure is this one's first eleven fields,
+ * which is all of this one so far. */
+void stats_get_v0_1(struct memalloc_stats *out);
+__asm__(".symver stats_get_v0_1, memalloc_get_stats@MEMALLOC_0.1");
+EXPORT void stats_get_v0_1(struct memalloc_stats *out)
+{
+    get_stats(out);
+}
+
+EXPORT const char *memalloc_version(void)
+{
+    return MEMALLOC_VERSION;
+}
+
 EXPORT void memalloc_get_lock_stats(struct memalloc_lock_stats *out)
 {
     ensure_init();
@@ -98,7 +129,7 @@ EXPORT void memalloc_get_lock_stats(struct memalloc_lock_stats *out)
 EXPORT struct memalloc_mallinfo2 memalloc_mallinfo2(void)
 {
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     struct memalloc_mallinfo2 mi = {0};
     mi.arena = st.heap_bytes;
     mi.ordblks = st.chunks;

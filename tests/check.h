@@ -340,7 +340,7 @@ static inline int abort_line_ok(const char *out, size_t len, const char *func, c
 static inline struct memalloc_stats stats(void)
 {
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     return st;
 }
 #endif

@@ -155,7 +155,7 @@ static bool emulated(void)
 static size_t madvised(void)
 {
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     return st.released_madvise;
 }
 

@@ -92,7 +92,7 @@ static void test_class(unsigned cls)
 
     /* ---- phase 1: fill the first chunk ---------------------------------- */
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     bool expect_fresh = st.free_bytes == 0;   /* nothing to recycle: new sbrk memory */
     size_t chunks0 = sc->chunks;
     struct chunk *c1 = NULL;

@@ -28,7 +28,7 @@
 static size_t madvised_by_frees(void)
 {
     struct memalloc_stats before, after;
-    memalloc_get_stats(&before);
+    memalloc_get_stats(&before, sizeof before);
     void *b[8];
     for (int i = 0; i < 8; i++) {
         b[i] = memalloc_malloc(256 * KiB);
@@ -40,7 +40,7 @@ static size_t madvised_by_frees(void)
         memalloc_free(b[i]);
         memalloc_free(memalloc_malloc(64));
     }
-    memalloc_get_stats(&after);
+    memalloc_get_stats(&after, sizeof after);
     memalloc_free(pin);
     return after.released_madvise - before.released_madvise;
 }

@@ -662,7 +662,7 @@ static ssize_t busy_write(void *cookie, const char *buf, size_t n)
     memalloc_free(a);
     memalloc_free(b);
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     return (ssize_t)n;
 }
 

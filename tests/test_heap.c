@@ -72,7 +72,7 @@ static void lfree(void *p)
 static size_t free_bytes(void)
 {
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     return st.free_bytes;
 }
 

@@ -58,8 +58,8 @@ int main(void)
     }
     m_malloc = (void *(*)(size_t))dlsym(h, "memalloc_malloc");
     m_free = (void (*)(void *))dlsym(h, "memalloc_free");
-    void (*get_stats)(struct memalloc_stats *) =
-        (void (*)(struct memalloc_stats *))dlsym(h, "memalloc_get_stats");
+    size_t (*get_stats)(struct memalloc_stats *, size_t) =
+        (size_t (*)(struct memalloc_stats *, size_t))dlsym(h, "memalloc_get_stats");
     int (*check)(void) = (int (*)(void))dlsym(h, "memalloc_check");
     if (!m_malloc || !m_free || !get_stats || !check) {
         fprintf(stderr, "%s: dlsym failed\n", __FILE__);
@@ -76,7 +76,7 @@ int main(void)
         CHECK(r == NULL, "thread %d: memalloc_malloc failed", i);
     }
     struct memalloc_stats st;
-    get_stats(&st);
+    get_stats(&st, sizeof st);
     CHECK(st.cached_bytes == 0, "%zu bytes left in thread caches after the threads exited",
           st.cached_bytes);
     CHECK(st.small_in_use == 0, "%zu small bytes still in use after every block was freed",

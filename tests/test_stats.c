@@ -196,7 +196,7 @@ static void test_retention(void)
     memalloc_free(p);
     CHECK(brk_now() == held, "a freed 1 MiB top block was not kept (break %+td)",
           brk_now() - held);
-    memalloc_get_stats(&st0);
+    memalloc_get_stats(&st0, sizeof st0);
     for (int i = 0; i < 20; i++) {          /* the big-buffer pattern */
         void *q = memalloc_malloc(1 * MiB);
         CHECK(q == p, "cycle %d: the kept block was not reused (%p, not %p)", i, q, p);
@@ -205,7 +205,7 @@ static void test_retention(void)
         memset(q, i, 1 * MiB);
         memalloc_free(q);
     }
-    memalloc_get_stats(&st1);
+    memalloc_get_stats(&st1, sizeof st1);
     CHECK(brk_now() == held, "cycling a 1 MiB buffer moved the break by %+td", brk_now() - held);
     CHECK(st1.released_sbrk == st0.released_sbrk,
           "cycling a 1 MiB buffer went through sbrk (%zu bytes released)",

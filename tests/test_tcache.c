@@ -362,7 +362,7 @@ static void test_reuse(void)
      * as many chunks as there are free units (plus one for the top), one
      * must sit where an A chunk was. */
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     size_t limit = st.free_bytes / UNIT + REUSE_CHUNKS + 2;
     size_t cap_b = sb->capacity, nb = 0;
     void **pb = xcalloc(limit * cap_b, sizeof *pb);

@@ -116,7 +116,7 @@ static void check_quiet(const char *phase)
         FAIL("%s: memalloc_check() reported %d broken invariants", phase, bad);
     memalloc_malloc_trim(0);
     struct memalloc_stats st;
-    memalloc_get_stats(&st);
+    memalloc_get_stats(&st, sizeof st);
     if (st.small_in_use != 0)
         FAIL("%s: small_in_use = %zu after freeing everything", phase, st.small_in_use);
     if (st.large_in_use != 0 || st.large_blocks != 0)
@@ -238,7 +238,7 @@ static void *p1_meddler(void *arg)
     unsigned n = 0;
     while (atomic_load(&p1_running) > 0) {
         struct memalloc_stats st;
-        memalloc_get_stats(&st);
+        memalloc_get_stats(&st, sizeof st);
         if (st.heap_bytes > st.heap_peak)
             FAIL("phase1: heap_bytes %zu > heap_peak %zu", st.heap_bytes, st.heap_peak);
         memalloc_malloc_trim(0);
@@ -465,7 +465,7 @@ static void phase3(void)
 {
     memalloc_malloc_trim(0);
     struct memalloc_stats before, after;
-    memalloc_get_stats(&before);
+    memalloc_get_stats(&before, sizeof before);
 
     for (unsigned base = 0; base < p3_threads; base += P3_WAVE) {
         pthread_t t[P3_WAVE];
@@ -481,7 +481,7 @@ static void phase3(void)
     free_leftovers(0, p3_threads);
 
     check_quiet("phase3");
-    memalloc_get_stats(&after);
+    memalloc_get_stats(&after, sizeof after);
     if (after.heap_bytes > before.heap_bytes + (8u << 20))
         FAIL("phase3: heap grew from %zu to %zu bytes over the thread churn "
              "(more than 8 MiB) with nothing in use", before.heap_bytes, after.heap_bytes);
