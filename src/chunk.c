@@ -292,6 +292,24 @@ size_t chunk_reused_bytes(void)
 
 /* ---- slow path: a new chunk for the class ------------------------------- */
 
+/* Hardened mode hands out blocks that read zero (harden.c zeroes them at
+ * free), so a chunk made on memory that held data starts zeroed, with its
+ * live map: whole pages given back (they read zero and cost nothing until
+ * touched), the partial ones at either end cleared. */
+static void zero_blocks(struct chunk *c, const struct size_class *sc)
+{
+    memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
+    char *lo = (char *)c + sc->data_off, *hi = (char *)c + sc->units * UNIT;
+    char *pages = (char *)(((uintptr_t)lo + os_page() - 1) & ~(uintptr_t)(os_page() - 1));
+    size_t purged = os_purge(lo, (size_t)(hi - lo), false);
+    if (purged == 0) {
+        memset(lo, 0, (size_t)(hi - lo));
+        return;
+    }
+    memset(lo, 0, (size_t)(pages - lo));
+    memset(pages + purged, 0, (size_t)(hi - (pages + purged)));
+}
+
 static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
 {
     struct chunk *c = sc->spare;
@@ -326,7 +344,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         memset(c->used_map, 0, sizeof c->used_map);
         memset(c->purged_map, 0, sizeof c->purged_map);
         if (option(OPT_HARDEN))
-            memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
+            zero_blocks(c, sc);
     }
     /* Publishing the chunk in the map last: free() trusts these bytes. */
     size_t u = unit_index((uintptr_t)c);
@@ -496,9 +514,10 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
     void **p = take_block(c, &was_carved);
     touch(c, now);
     /* Fresh memory reads as zero; so, in hardened mode (set before the
-     * first block and never changed), does every block that was freed:
-     * harden.c zeroes it, the key aside, before it comes back here. */
-    *zeroed = was_carved ? option(OPT_HARDEN) != 0 : c->fresh;
+     * first block and never changed), does every block: harden.c zeroes a
+     * freed one, the key aside, before it comes back here, and
+     * zero_blocks a new chunk on memory that held data. */
+    *zeroed = option(OPT_HARDEN) != 0 || (!was_carved && c->fresh);
     if (!*zeroed || was_carved)
         p[1] = NULL;                /* drop the free key */
     if (c->in_use == c->capacity)
@@ -618,11 +637,6 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
             void **p = take_block(c, &was_carved);
-            /* Hardened mode hands out blocks that read zero (harden.c
-             * zeroes them at free); memory that held data before this
-             * chunk was made is zeroed here, once. */
-            if (!was_carved && !c->fresh && option(OPT_HARDEN))
-                memset(p, 0, c->size);
             p[1] = (void *)memalloc_free_key;
             if (last)
                 last[0] = link_hide(last, p);
