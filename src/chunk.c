@@ -293,21 +293,21 @@ size_t chunk_reused_bytes(void)
 /* ---- slow path: a new chunk for the class ------------------------------- */
 
 /* Hardened mode hands out blocks that read zero (harden.c zeroes them at
- * free), so a chunk made on memory that held data starts zeroed, with its
- * live map: whole pages given back (they read zero and cost nothing until
- * touched), the partial ones at either end cleared. */
-static void zero_blocks(struct chunk *c, const struct size_class *sc)
+ * free).  Blocks carved for the first time from a chunk on memory that held
+ * data are zeroed as a batch takes them: blocks first..end-1 of c, the last
+ * ones of the batch so far and consecutive (a batch takes the lowest free
+ * block first), with their key and links written again.  Zeroing only what
+ * is carved keeps untouched pages untouched. */
+static void zero_carved(struct chunk *c, size_t first, size_t end)
 {
-    memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
-    char *lo = (char *)c + sc->data_off, *hi = (char *)c + sc->units * UNIT;
-    char *pages = (char *)(((uintptr_t)lo + os_page() - 1) & ~(uintptr_t)(os_page() - 1));
-    size_t purged = os_purge(lo, (size_t)(hi - lo), false);
-    if (purged == 0) {
-        memset(lo, 0, (size_t)(hi - lo));
-        return;
+    char *p = (char *)c->blocks + first * c->size;
+    memset(p, 0, (end - first) * c->size);
+    for (size_t i = first; i < end; i++, p += c->size) {
+        void **q = (void **)p;
+        q[1] = (void *)memalloc_free_key;
+        if (i + 1 < end)            /* the last one's link is the caller's */
+            q[0] = link_hide(q, p + c->size);
     }
-    memset(lo, 0, (size_t)(pages - lo));
-    memset(pages + purged, 0, (size_t)(hi - (pages + purged)));
 }
 
 static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
@@ -344,7 +344,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         memset(c->used_map, 0, sizeof c->used_map);
         memset(c->purged_map, 0, sizeof c->purged_map);
         if (option(OPT_HARDEN))
-            zero_blocks(c, sc);
+            memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
     }
     /* Publishing the chunk in the map last: free() trusts these bytes. */
     size_t u = unit_index((uintptr_t)c);
@@ -514,10 +514,9 @@ void *chunk_alloc(unsigned cls, bool *zeroed)
     void **p = take_block(c, &was_carved);
     touch(c, now);
     /* Fresh memory reads as zero; so, in hardened mode (set before the
-     * first block and never changed), does every block: harden.c zeroes a
-     * freed one, the key aside, before it comes back here, and
-     * zero_blocks a new chunk on memory that held data. */
-    *zeroed = option(OPT_HARDEN) != 0 || (!was_carved && c->fresh);
+     * first block and never changed), does every block that was freed:
+     * harden.c zeroes it, the key aside, before it comes back here. */
+    *zeroed = was_carved ? option(OPT_HARDEN) != 0 : c->fresh;
     if (!*zeroed || was_carved)
         p[1] = NULL;                /* drop the free key */
     if (c->in_use == c->capacity)
@@ -634,6 +633,7 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
         struct chunk *c = partial_head(sc);
         if (!c && !(c = chunk_new(sc, cls)))
             break;
+        uint32_t carved = c->carved;
         while (got < n && c->in_use < c->capacity) {
             bool was_carved;
             void **p = take_block(c, &was_carved);
@@ -645,6 +645,8 @@ unsigned chunk_alloc_batch(unsigned cls, void **list, unsigned n)
             last = p;
             got++;
         }
+        if (unlikely(c->carved > carved) && !c->fresh && option(OPT_HARDEN))
+            zero_carved(c, carved, c->carved);
         touch(c, now);
         if (c->in_use == c->capacity)
             partial_remove(sc, c);

@@ -207,9 +207,20 @@ static inline bool live_flip(struct chunk *c, size_t idx, bool set)
 /* ---- handing out and taking back ------------------------------------------------- */
 
 /* Is the block all zeroes from its third word on?  Blocks are 16-aligned,
- * their sizes multiples of 16. */
+ * their sizes multiples of 16.  Big ones are compared with a page of
+ * zeroes by libc's memcmp, which uses the machine's widest loads. */
+static const char zero_page[4096];
+
 static bool zero_past_links(const char *p, size_t size)
 {
+    if (size > 256) {
+        for (size_t off = 16; off < size; off += sizeof zero_page) {
+            size_t len = size - off < sizeof zero_page ? size - off : sizeof zero_page;
+            if (memcmp(p + off, zero_page, len) != 0)
+                return false;
+        }
+        return true;
+    }
     const uint64_t *w = (const uint64_t *)p;
     uint64_t any = 0;
     for (size_t i = 2; i < size / 8; i++)
