@@ -82,9 +82,11 @@ static void release(void *const *out, unsigned n)
         struct tbin *b = t ? tcache_bin_for(t, p) : NULL;
         if (b)
             tbin_push(b, p);
-        else if (t && ptr_lookup(p, &meta) == PTR_SMALL)
-            tcache_free_slow(t, meta, p, "free");
-        else if (ptr_lookup(p, &meta) == PTR_SMALL)
+        else if (ptr_lookup(p, &meta) != PTR_SMALL)
+            continue;               /* cannot happen: it was vouched for at free */
+        else if (t)
+            tcache_free_slow(t, meta, p, "free");   /* makes room in the bin */
+        else
             chunk_free(meta, p, "free");
     }
 }
@@ -353,8 +355,7 @@ void *harden_large_alloc(size_t n, size_t align, size_t *dirty)
     *dirty = 0;
     char *guard = guard_start(p, n), *end = (char *)b + span_bytes(&b->s);
     memset(p + n, tail_byte(p), (size_t)(guard - (p + n)));
-    if (os_protect(guard, (size_t)(end - guard), false))
-        b->s.flags |= SPAN_GUARD;
+    os_protect(guard, (size_t)(end - guard), false);  /* refused: no guard (README) */
     return p;
 }
 

@@ -56,7 +56,6 @@ enum span_kind {
 
 #define SPAN_SEG_END 1u             /* last span of a non-top segment */
 #define SPAN_HELD 2u                /* hardened mode: a large block in quarantine */
-#define SPAN_GUARD 4u               /* hardened mode: its last pages are inaccessible */
 
 struct span {
     uint32_t kind;                  /* enum span_kind */
