@@ -41,28 +41,6 @@ static NOINLINE void *malloc_large(size_t n, size_t align, size_t *dirty)
     return large_alloc(n, align, dirty);
 }
 
-/* Hardened mode: a small block with room for its canary, zeroed, straight
- * from its class; or a large block. */
-static NOINLINE void *alloc_hardened(size_t n, size_t align, size_t *dirty)
-{
-    *dirty = 0;
-    void *p;
-    if (n == 0 && align <= ALIGNMENT && (p = harden_zero_alloc()))
-        return p;
-    unsigned cls = harden_class(n, align);
-    if (cls == NUM_CLASSES) {
-        if (align > (size_t)PTRDIFF_MAX / 2 || n > (size_t)PTRDIFF_MAX) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        return harden_large_alloc(n, align, dirty);
-    }
-    p = harden_small_alloc(cls);
-    if (unlikely(!p))
-        errno = ENOMEM;
-    return p;
-}
-
 /* A block of class cls for an n-byte request: from this thread's cache
  * (created on first use), else from the class. */
 static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
@@ -89,8 +67,10 @@ static void *small_alloc(unsigned cls, size_t n, size_t *dirty)
 static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 {
     ensure_init();
-    if (unlikely(hardened()))
-        return alloc_hardened(n, align, dirty);
+    if (unlikely(hardened())) {
+        *dirty = 0;
+        return harden_malloc(n, align);
+    }
     size_t want = n > align ? n : align;
     if (align <= CLASS_ALIGN_MAX && want <= SMALL_MAX) {
         unsigned cls = size_to_class(want);
@@ -114,8 +94,10 @@ static void *alloc_aligned(size_t align, size_t n, size_t *dirty)
 static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 {
     ensure_init();
-    if (unlikely(hardened()))
-        return alloc_hardened(n, ALIGNMENT, dirty);
+    if (unlikely(hardened())) {
+        *dirty = 0;
+        return harden_malloc(n, ALIGNMENT);
+    }
     if (likely(n <= SMALL_MAX))
         return small_alloc(size_to_class(n), n, dirty);
     return malloc_large(n, ALIGNMENT, dirty);
@@ -123,6 +105,10 @@ static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 
 static NOINLINE void *malloc_slow(size_t n)
 {
+    /* Every malloc of a hardened process comes here (initialised: it is
+     * the first options_load that turns the mode on). */
+    if (unlikely(hardened()))
+        return harden_malloc(n, ALIGNMENT);
     /* A small block above the table's reach: its bin before anything else
      * (the class by formula), so that these classes are cached too. */
     if (n > TC_MAX_SIZE && n <= SMALL_MAX) {
@@ -169,10 +155,6 @@ static NOINLINE void free_checked(void *p, const char *func)
     void *meta;
     switch (ptr_lookup(p, &meta)) {
     case PTR_SMALL: {
-        if (unlikely(hardened())) {
-            harden_small_free(meta, p, func);
-            return;
-        }
         /* A thread that only frees (a consumer) gets its cache here: its
          * frees then go back in batches, parked for the threads that
          * allocate, instead of one class lock each. */
@@ -182,11 +164,6 @@ static NOINLINE void free_checked(void *p, const char *func)
     }
     case PTR_LARGE: {
         struct large_block *b = meta;
-        if (unlikely(hardened())) {
-            harden_large_free(b, p, func);
-            purge_maybe();
-            return;
-        }
         if (unlikely(option(OPT_PERTURB)) && b->s.kind == SPAN_LARGE &&
             (char *)b + b->user_off == (char *)p)
             memset(p, (int)(option(OPT_PERTURB) & 0xff), b->requested);
@@ -195,8 +172,6 @@ static NOINLINE void free_checked(void *p, const char *func)
         return;
     }
     case PTR_BAD:
-        if (unlikely(hardened()) && harden_zero_owns(p, true, func))
-            return;
         break;
     }
     fatal_pointer(func, "invalid pointer", p);
@@ -207,7 +182,10 @@ static NOINLINE void free_slow(void *p, const char *func)
     if (!p)
         return;
     int saved = errno;
-    free_checked(p, func);
+    if (unlikely(hardened()))
+        harden_free(p, func);
+    else
+        free_checked(p, func);
     errno = saved;
 }
 

@@ -29,109 +29,148 @@
 #include "tcache.h"
 
 static uint64_t canary_secret;
+#if defined(__x86_64__)
+static bool have_avx2;              /* the zero check's widest loads (harden_init) */
+#endif
 
 /* ---- the quarantine ----------------------------------------------------------- */
 
 /* Freed small blocks wait here, zeroed, in a FIFO before they go back to
- * the freeing thread's cache, so that a stale pointer's write lands in a
- * block nobody was handed yet (and is caught when it is handed out), and a
- * second free of it is not the free of some new owner's block.  The ring
- * sits in .bss: only the slots a program's quarantine reaches become
- * resident.  One lock, never held while any other of memalloc's locks is
- * taken.  Each thread gathers its frees in a stage of STAGE blocks, which
- * enter the ring together: one lock per STAGE frees, not one each (the
- * stage is quarantine too, of at most STAGE blocks a thread). */
-#define Q_MAX (1u << 16)            /* OPT_QUARANTINE_BLOCKS's ceiling */
-#define STAGE 8
-#define Q_RELEASE (4 * STAGE)       /* blocks one stage can push out at once */
+ * the thread's cache, so that a stale pointer's write lands in a block
+ * nobody was handed yet (and is caught when it is handed out), and a
+ * second free of it is not the free of some new owner's block.  Each
+ * thread has its own ring, so a free takes no lock: the bounds
+ * (OPT_QUARANTINE_BLOCKS, OPT_QUARANTINE_BYTES) are per thread.  The ring
+ * is one block from the classes (or a large block), made at the thread's
+ * first hardened free and given back at its exit, when the blocks still in
+ * it go straight to the cache or their chunks (each is checked again when
+ * it is handed out).  Initial-exec TLS, as tcache.c's: no allocation. */
+struct quarantine {
+    uint32_t head, count, mask;     /* next slot to fill; slots in use; capacity - 1 */
+    uint32_t frees;                 /* purge_maybe every PURGE_EVERY frees */
+    size_t bytes;
+    void **p;                       /* the blocks, oldest at head - count */
+    uint8_t *cls;                   /* and their classes */
+};
+#define PURGE_EVERY 8               /* purge_maybe reads the clock */
 
+enum { Q_NONE, Q_MAKING, Q_LIVE, Q_DEAD };
+static __thread struct quarantine *q_mine __attribute__((tls_model("initial-exec")));
+static __thread int q_state __attribute__((tls_model("initial-exec")));
+static pthread_key_t q_key;
+static bool q_key_ok;
+
+/* Large blocks' quarantine and malloc(0)'s slots, shared by every thread. */
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct { void *p; uint32_t size; } q_ring[Q_MAX];
-static size_t q_head, q_count, q_bytes;
 
-/* The oldest block out of the quarantine; q_lock held, q_count > 0. */
-static void *q_pop_oldest(void)
+/* A block out of the quarantine (or past it) into this thread's cache, or
+ * its chunk when the thread has no cache.  Its first two words are checked
+ * here, before a cache writes its link and key there: the rest is checked
+ * when it is handed out. */
+static void release(void *p, unsigned cls)
 {
-    size_t oldest = (q_head + Q_MAX - q_count) % Q_MAX;
-    q_bytes -= q_ring[oldest].size;
-    q_count--;
-    return q_ring[oldest].p;
+    void **w = p, *meta;
+    if (unlikely(w[0] || w[1]))
+        fatal_pointer("free", "write after free into", p);
+    struct tcache *t = tcache_current();
+    if (likely(t && t->bins[cls].count < t->bins[cls].max)) {
+        tbin_push(&t->bins[cls], p);
+        return;
+    }
+    if (ptr_lookup(p, &meta) != PTR_SMALL)
+        return;                     /* cannot happen: it was vouched for at free */
+    if (t)
+        tcache_free_slow(t, meta, p, "free");       /* makes room in the bin */
+    else
+        chunk_free(meta, p, "free");
 }
 
-/* A thread's stage: `dead` once its exit flushed it (later frees of the
- * thread skip it).  Initial-exec TLS, as tcache.c's: no allocation. */
-static __thread struct {
-    void *p[STAGE];
-    uint32_t size[STAGE];
-    uint32_t n, registered, dead;
-} stage __attribute__((tls_model("initial-exec")));
-static pthread_key_t stage_key;
-static bool stage_key_ok;
-
-/* Blocks that left the quarantine (or skipped it) into this thread's
- * cache, or their chunks when it has none; outside q_lock.  Their first
- * two words are checked here, before a cache writes its link and key
- * there: the rest is checked when they are handed out. */
-static void release(void *const *out, unsigned n)
+static void q_pop_oldest(struct quarantine *q)
 {
-    struct tcache *t = n ? tcache_current() : NULL;
-    for (unsigned i = 0; i < n; i++) {
-        void **p = out[i], *meta;
-        if (unlikely(p[0] || p[1]))
-            fatal_pointer("free", "write after free into", p);
-        struct tbin *b = t ? tcache_bin_for(t, p) : NULL;
-        if (b)
-            tbin_push(b, p);
-        else if (ptr_lookup(p, &meta) != PTR_SMALL)
-            continue;               /* cannot happen: it was vouched for at free */
-        else if (t)
-            tcache_free_slow(t, meta, p, "free");   /* makes room in the bin */
-        else
-            chunk_free(meta, p, "free");
+    uint32_t i = (q->head - q->count) & q->mask;
+    q->count--;
+    q->bytes -= memalloc_classes[q->cls[i]].size;
+    release(q->p[i], q->cls[i]);
+}
+
+static void q_drain(struct quarantine *q)
+{
+    while (q->count)
+        q_pop_oldest(q);
+}
+
+/* Thread exit: the blocks to the cache (or chunks), the ring to its class. */
+static void q_exit(void *arg)
+{
+    struct quarantine *q = arg;
+    void *meta;
+    q_state = Q_DEAD;
+    q_mine = NULL;
+    q_drain(q);
+    switch (ptr_lookup(q, &meta)) {
+    case PTR_SMALL: chunk_free(meta, q, "free"); break;
+    case PTR_LARGE: large_free(meta, q, "free"); break;
+    case PTR_BAD: break;
     }
 }
 
-/* The stage's blocks (and the n in `more`) into the ring, and the oldest
- * out of it while it holds more than its bounds allow. */
-static void q_push(void *const *more, const uint32_t *sizes, unsigned n)
+/* This thread's ring, made on its first use; NULL when it has none (the
+ * thread is exiting, or the ring could not be made). */
+static NOINLINE struct quarantine *q_make(void)
 {
+    if (q_state != Q_NONE || !q_key_ok)
+        return NULL;
+    q_state = Q_MAKING;             /* pthread_setspecific may allocate */
+    uint32_t cap = 1;
+    while (cap < (uint32_t)option(OPT_QUARANTINE_BLOCKS))
+        cap *= 2;
+    size_t bytes = sizeof(struct quarantine) + (size_t)cap * (sizeof(void *) + 1);
+    bool zeroed;
+    size_t dirty;
+    struct quarantine *q = bytes <= SMALL_MAX ? chunk_alloc(size_to_class(bytes), &zeroed)
+                                              : large_alloc(bytes, ALIGNMENT, &dirty);
+    if (!q) {
+        q_state = Q_NONE;
+        return NULL;
+    }
+    *q = (struct quarantine){ .mask = cap - 1, .p = (void **)(q + 1) };
+    q->cls = (uint8_t *)(q->p + cap);
+    if (pthread_setspecific(q_key, q) != 0) {
+        q_exit(q);                  /* and no quarantine for this thread */
+        return NULL;
+    }
+    q_mine = q;
+    q_state = Q_LIVE;
+    return q;
+}
+
+/* A freed, zeroed block of class cls into this thread's ring, and the
+ * oldest out while the ring holds more than its bounds allow. */
+static void q_push(void *p, unsigned cls)
+{
+    struct quarantine *q = q_mine;
+    size_t size = memalloc_classes[cls].size;
     size_t max_blocks = (size_t)option(OPT_QUARANTINE_BLOCKS);
     size_t max_bytes = (size_t)option(OPT_QUARANTINE_BYTES);
-    void *out[Q_RELEASE];
-    unsigned nout = 0;
-    pthread_mutex_lock(&q_lock);
-    for (unsigned i = 0; i < n; i++) {
-        q_ring[q_head].p = more[i];
-        q_ring[q_head].size = sizes[i];
-        q_head = (q_head + 1) % Q_MAX;
-        q_count++;
-        q_bytes += sizes[i];
+    if (unlikely(!q) && (max_blocks == 0 || size > max_bytes || !(q = q_make()))) {
+        release(p, cls);            /* no quarantine */
+        purge_maybe();
+        return;
     }
-    while (nout < Q_RELEASE && q_count && (q_count > max_blocks || q_bytes > max_bytes))
-        out[nout++] = q_pop_oldest();
-    pthread_mutex_unlock(&q_lock);
-    release(out, nout);
+    if (q->count == max_blocks)
+        q_pop_oldest(q);
+    q->p[q->head] = p;
+    q->cls[q->head] = (uint8_t)cls;
+    q->head = (q->head + 1) & q->mask;
+    q->count++;
+    q->bytes += size;
+    while (unlikely(q->bytes > max_bytes))
+        q_pop_oldest(q);
+    if (unlikely(++q->frees % PURGE_EVERY == 0))
+        purge_maybe();
 }
 
-/* Also where a hardened program's frees give purging its chance: once a
- * stage, not once a free (purge_maybe reads the clock). */
-static void stage_flush(void)
-{
-    unsigned n = stage.n;
-    stage.n = 0;
-    q_push(stage.p, stage.size, n);
-    purge_maybe();
-}
-
-/* Thread exit: the stage into the ring, where it ages like any other. */
-static void stage_exit(void *arg)
-{
-    (void)arg;
-    stage.dead = 1;
-    stage_flush();
-}
-
-/* malloc(0)'s slots (see harden_zero_alloc), under q_lock too. */
+/* malloc(0)'s slots (see zero_alloc), under q_lock. */
 #define ZERO_SLOTS (1u << 16)
 
 static char *zero_base;
@@ -149,10 +188,14 @@ void harden_init(void)
     if (!hardened())
         return;
     canary_secret = os_random();
+#if defined(__x86_64__)
+    __builtin_cpu_init();           /* this may run before libgcc's constructor */
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
     /* Above all the heap could ever span: the break must not run into it. */
     zero_base = os_reserve_none((size_t)ZERO_SLOTS * ALIGNMENT,
                                 (uintptr_t)raw_break() + (MAP_UNITS << UNIT_SHIFT));
-    stage_key_ok = pthread_key_create(&stage_key, stage_exit) == 0;
+    q_key_ok = pthread_key_create(&q_key, q_exit) == 0;
     /* Zero fills replace junk fills: a test for stale data must see 0. */
     option_set(OPT_PERTURB, 0);
 }
@@ -209,33 +252,72 @@ static inline bool live_flip(struct chunk *c, size_t idx, bool set)
 /* ---- handing out and taking back ------------------------------------------------- */
 
 /* Is the block all zeroes from its third word on?  Blocks are 16-aligned,
- * their sizes multiples of 16.  Big ones are compared with a page of
- * zeroes by libc's memcmp, which uses the machine's widest loads. */
+ * their sizes multiples of 16.  Small ones are ORed 16 bytes at a time
+ * (vector registers on x86-64 and aarch64 alike).  Big ones, on x86-64
+ * with AVX2, are ORed 32 bytes a load, four loads an iteration: half the
+ * time of libc's memcmp against a page of zeroes, which reads two streams
+ * (bench/MECHANISMS.md); elsewhere that memcmp, the machine's widest. */
+typedef uint64_t vec16 __attribute__((vector_size(16), may_alias));
 static const char zero_page[4096];
+
+static bool zero_by_memcmp(const char *p, size_t size)
+{
+    for (size_t off = 16; off < size; off += sizeof zero_page) {
+        size_t len = size - off < sizeof zero_page ? size - off : sizeof zero_page;
+        if (memcmp(p + off, zero_page, len) != 0)
+            return false;
+    }
+    return true;
+}
+
+#if defined(__x86_64__)
+typedef uint64_t vec32 __attribute__((vector_size(32), may_alias));
+
+/* size > 256: bytes 16-31 as one vector, then 32-byte vectors. */
+__attribute__((target("avx2"))) static bool zero_by_avx2(const char *p, size_t size)
+{
+    const vec32 *w = (const vec32 *)p;
+    vec16 head = ((const vec16 *)p)[1];
+    vec32 a = { 0 }, b = { 0 }, c = { 0 }, d = { 0 };
+    size_t i = 1, n = size / 32;
+    for (; i + 4 <= n; i += 4) {
+        a |= w[i];
+        b |= w[i + 1];
+        c |= w[i + 2];
+        d |= w[i + 3];
+    }
+    for (; i < n; i++)
+        a |= w[i];
+    if (size % 32)                  /* the last 16 bytes */
+        head |= ((const vec16 *)p)[size / 16 - 1];
+    a |= b | c | d;
+    return (a[0] | a[1] | a[2] | a[3] | head[0] | head[1]) == 0;
+}
+#endif
 
 static bool zero_past_links(const char *p, size_t size)
 {
     if (size > 256) {
-        for (size_t off = 16; off < size; off += sizeof zero_page) {
-            size_t len = size - off < sizeof zero_page ? size - off : sizeof zero_page;
-            if (memcmp(p + off, zero_page, len) != 0)
-                return false;
-        }
-        return true;
+#if defined(__x86_64__)
+        if (have_avx2)
+            return zero_by_avx2(p, size);
+#endif
+        return zero_by_memcmp(p, size);
     }
-    const uint64_t *w = (const uint64_t *)p;
-    uint64_t any = 0;
-    for (size_t i = 2; i < size / 8; i++)
-        any |= w[i];
-    return any == 0;
+    const vec16 *v = (const vec16 *)p;
+    vec16 any = { 0, 0 };
+    for (size_t i = 1; i < size / 16; i++)
+        any |= v[i];
+    return (any[0] | any[1]) == 0;
 }
 
-void *harden_small_alloc(unsigned cls)
+/* A block of class cls, zeroed, canary written, live bit set. */
+static void *small_alloc(unsigned cls)
 {
     struct tcache *t = tcache_current();
     bool zeroed = true;
     void **p;
-    if (t || (t = tcache_create())) {
+    if (likely(t) || (t = tcache_create())) {
         p = t->bins[cls].head;
         /* A cached block carries the free key, which tcache_pop clears. */
         if (p && unlikely(p[1] != (void *)memalloc_free_key))
@@ -244,10 +326,10 @@ void *harden_small_alloc(unsigned cls)
     } else {
         p = chunk_alloc(cls, &zeroed);
     }
-    if (!p)
+    if (unlikely(!p))
         return NULL;
     size_t size = memalloc_classes[cls].size;
-    if (!zeroed)                    /* never handed out, on memory that held data */
+    if (unlikely(!zeroed))          /* never handed out, on memory that held data */
         memset(p, 0, size);
     else if (unlikely(!zero_past_links((const char *)p, size)))
         fatal_pointer("malloc", "write after free into", p);
@@ -282,7 +364,7 @@ size_t harden_small_check(struct chunk *c, const void *p, const char *func)
     return c->size - CANARY;
 }
 
-void harden_small_free(struct chunk *c, void *p, const char *func)
+static void small_free(struct chunk *c, void *p, const char *func)
 {
     /* The flip decides between two threads freeing p at once. */
     if (unlikely(!live_flip(c, block_index(c, p, func), false)))
@@ -290,24 +372,7 @@ void harden_small_free(struct chunk *c, void *p, const char *func)
     size_t size = c->size;
     canary_check(p, size, func);
     memset(p, 0, size);
-    if (option(OPT_QUARANTINE_BLOCKS) == 0 || size > (size_t)option(OPT_QUARANTINE_BYTES)) {
-        release(&p, 1);
-        purge_maybe();
-        return;
-    }
-    uint32_t sz = (uint32_t)size;
-    if (unlikely(stage.dead || !stage_key_ok)) {
-        q_push(&p, &sz, 1);
-        return;
-    }
-    if (unlikely(!stage.registered)) {
-        stage.registered = 1;
-        pthread_setspecific(stage_key, &stage);     /* so that exit flushes it */
-    }
-    stage.p[stage.n] = p;
-    stage.size[stage.n] = sz;
-    if (++stage.n == STAGE)
-        stage_flush();
+    q_push(p, c->cls);
 }
 
 /* ---- large blocks ------------------------------------------------------------------ */
@@ -337,7 +402,7 @@ static char *guard_start(const char *p, size_t n)
     return (char *)(((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1));
 }
 
-void *harden_large_alloc(size_t n, size_t align, size_t *dirty)
+static void *large_alloc_guarded(size_t n, size_t align, size_t *dirty)
 {
     size_t page = os_page();
     if (n > SIZE_MAX - page) {
@@ -379,7 +444,7 @@ static void large_release(struct large_block *b)
     large_free(b, p, "free");
 }
 
-void harden_large_free(struct large_block *b, void *p, const char *func)
+static void large_free_checked(struct large_block *b, void *p, const char *func)
 {
     harden_large_check(b, p, func);
     large_hold(b, p, func);         /* decides between two racing frees */
@@ -412,7 +477,7 @@ void harden_large_free(struct large_block *b, void *p, const char *func)
  * reservation is refused or every slot is taken, malloc(0) falls back to
  * the smallest class.  (The reservation is made by harden_init.) */
 
-void *harden_zero_alloc(void)
+static void *zero_alloc(void)
 {
     if (!zero_base)
         return NULL;
@@ -455,24 +520,61 @@ bool harden_zero_owns(const void *p, bool free, const char *func)
     return true;
 }
 
-/* malloc_trim: every quarantined block back to a cache or chunk, so that
- * what the program freed can be given back (api.c flushes the cache next). */
+/* ---- the entry points ------------------------------------------------------------ */
+
+void *harden_malloc(size_t n, size_t align)
+{
+    unsigned cls;
+    void *p;
+    if (likely(align <= ALIGNMENT && n - 1 < CLASS_TABLE_MAX - CANARY)) {
+        cls = size_to_class(n + CANARY);            /* the common case: the table */
+    } else {
+        if (n == 0 && align <= ALIGNMENT && (p = zero_alloc()))
+            return p;
+        cls = harden_class(n, align);
+        if (cls == NUM_CLASSES) {
+            if (align > (size_t)PTRDIFF_MAX / 2 || n > (size_t)PTRDIFF_MAX) {
+                errno = ENOMEM;
+                return NULL;
+            }
+            size_t dirty;
+            return large_alloc_guarded(n, align, &dirty);
+        }
+    }
+    p = small_alloc(cls);
+    if (unlikely(!p))
+        errno = ENOMEM;
+    return p;
+}
+
+void harden_free(void *p, const char *func)
+{
+    void *meta;
+    switch (ptr_lookup(p, &meta)) {
+    case PTR_SMALL:
+        small_free(meta, p, func);
+        return;
+    case PTR_LARGE:
+        large_free_checked(meta, p, func);
+        purge_maybe();
+        return;
+    case PTR_BAD:
+        if (harden_zero_owns(p, true, func))
+            return;
+        break;
+    }
+    fatal_pointer(func, "invalid pointer", p);
+}
+
+/* malloc_trim: this thread's quarantined blocks back to its cache (api.c
+ * flushes the cache next) and every large one to the heap, so that what
+ * the program freed can be given back.  Other threads' rings are theirs. */
 void harden_flush(void)
 {
     if (!hardened())
         return;
-    stage_flush();
-    for (;;) {
-        void *out[Q_RELEASE];
-        unsigned n = 0;
-        pthread_mutex_lock(&q_lock);
-        while (n < Q_RELEASE && q_count)
-            out[n++] = q_pop_oldest();
-        pthread_mutex_unlock(&q_lock);
-        if (n == 0)
-            break;
-        release(out, n);
-    }
+    if (q_mine)
+        q_drain(q_mine);
     for (;;) {
         struct large_block *b = NULL;
         pthread_mutex_lock(&q_lock);

@@ -1,8 +1,8 @@
 /*
  * harden.h - the hardened mode (MEMALLOC_HARDEN=1, harden.c): canaries
  * after small blocks, blocks zeroed when freed and checked when handed
- * out again, a FIFO quarantine of freed small blocks, and every small
- * free decided by its chunk's live map.
+ * out again, a FIFO quarantine of freed small blocks in each thread, and
+ * every small free decided by its chunk's live map.
  *
  * Invariants: the mode is chosen once, before the first block is handed
  * out, and never changes; in it the hot paths see the always-empty cache
@@ -29,20 +29,19 @@ HIDDEN void harden_fork_child(void);
 /* The class for n bytes at alignment align (both in hardened mode), or
  * NUM_CLASSES when it takes a large block. */
 HIDDEN unsigned harden_class(size_t n, size_t align);
-HIDDEN void *harden_small_alloc(unsigned cls);
-/* The usable size of p, a block of chunk c, once it is vouched for: in
- * use, canary intact; otherwise the process stops naming func. */
+/* Any request (align a power of two, at least ALIGNMENT): a block that
+ * reads zero, or NULL with errno ENOMEM. */
+HIDDEN void *harden_malloc(size_t n, size_t align);
+/* Every free of a hardened process (p not NULL): checked, zeroed,
+ * quarantined; misuse stops the process naming func. */
+HIDDEN void harden_free(void *p, const char *func);
+/* The usable size of p, a small block of chunk c / a large block b / a
+ * malloc(0) slot (then true), once it is vouched for: in use, canary or
+ * tail intact; otherwise the process stops naming func. */
 HIDDEN size_t harden_small_check(struct chunk *c, const void *p, const char *func);
-HIDDEN void harden_small_free(struct chunk *c, void *p, const char *func);
-HIDDEN void harden_flush(void);             /* the quarantine emptied (malloc_trim) */
-/* Large blocks: guarded, checked, quarantined inaccessible (harden.c). */
-HIDDEN void *harden_large_alloc(size_t n, size_t align, size_t *dirty);
 HIDDEN size_t harden_large_check(const struct large_block *b, const void *p, const char *func);
-HIDDEN void harden_large_free(struct large_block *b, void *p, const char *func);
-/* malloc(0): a slot nobody can access, or NULL (then a small block).  A
- * pointer that is a slot is given back (free) or vouched for: true. */
-HIDDEN void *harden_zero_alloc(void);
 HIDDEN bool harden_zero_owns(const void *p, bool free, const char *func);
+HIDDEN void harden_flush(void);             /* the quarantine emptied (malloc_trim) */
 /* C++'s sized delete: n (and the alignment, 0 for none) must be what the
  * block was allocated with, as far as its class or a large block's
  * recorded size can tell; otherwise a "size mismatch" stops the process. */

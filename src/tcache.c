@@ -21,15 +21,8 @@ struct tcache memalloc_tc_none HIDDEN;    /* every bin empty, max 0 */
 __thread struct tcache *memalloc_tc __attribute__((tls_model("initial-exec"))) HIDDEN =
     &memalloc_tc_none;
 
-/* The thread's own cache, or where the thread stands without one: none
- * yet, being created (its allocations go straight to the classes), or
- * gone (the thread is exiting).  memalloc_tc is the hot path's view. */
-#define TC_NONE ((struct tcache *)0)
-#define TC_CREATING ((struct tcache *)1)
-#define TC_DEAD ((struct tcache *)2)
-static __thread struct tcache *tc_own __attribute__((tls_model("initial-exec")));
-
-struct tcache *tcache_current(void) { return tc_own > TC_DEAD ? tc_own : NULL; }
+/* The thread's own cache (tcache.h says what else it may hold). */
+__thread struct tcache *memalloc_tc_own __attribute__((tls_model("initial-exec"))) HIDDEN;
 
 static pthread_key_t exit_key;
 static bool exit_key_ok;
@@ -304,7 +297,7 @@ static void list_remove(struct tcache *t)
 static void thread_exit(void *arg)
 {
     struct tcache *t = arg;
-    tc_own = TC_DEAD;               /* later frees and mallocs bypass caches */
+    memalloc_tc_own = TC_DEAD;      /* later frees and mallocs bypass caches */
     memalloc_tc = &memalloc_tc_none;
     list_remove(t);
     /* What other threads are refilling is parked for them whole: a thread
@@ -331,13 +324,13 @@ void tcache_init(void)
 
 struct tcache *tcache_create(void)
 {
-    if (tc_own != TC_NONE || !option(OPT_TCACHE) || !exit_key_ok)
+    if (memalloc_tc_own != TC_NONE || !option(OPT_TCACHE) || !exit_key_ok)
         return NULL;
-    tc_own = TC_CREATING;
+    memalloc_tc_own = TC_CREATING;
     bool zeroed;
     struct tcache *t = chunk_alloc(size_to_class(sizeof *t), &zeroed);
     if (!t) {
-        tc_own = TC_NONE;
+        memalloc_tc_own = TC_NONE;
         return NULL;
     }
     memcpy(t->bins, fresh_bins, sizeof t->bins);
@@ -357,10 +350,10 @@ struct tcache *tcache_create(void)
         void *meta;
         if (ptr_lookup(t, &meta) == PTR_SMALL)
             chunk_free(meta, t, "free");
-        tc_own = TC_DEAD;
+        memalloc_tc_own = TC_DEAD;
         return NULL;
     }
-    tc_own = t;
+    memalloc_tc_own = t;
     /* Perturbing and hardened processes keep the cache for their slow
      * paths only: the hot paths always miss. */
     memalloc_tc = option(OPT_PERTURB) || option(OPT_HARDEN) ? &memalloc_tc_none : t;

@@ -50,6 +50,22 @@ extern __thread struct tcache *memalloc_tc
     __attribute__((tls_model("initial-exec"))) HIDDEN;
 extern struct tcache memalloc_tc_none HIDDEN;
 
+/* The thread's own cache, or where the thread stands without one: none
+ * yet, being created (its allocations go straight to the classes), or
+ * gone (the thread is exiting).  memalloc_tc is the hot path's view. */
+#define TC_NONE ((struct tcache *)0)
+#define TC_CREATING ((struct tcache *)1)
+#define TC_DEAD ((struct tcache *)2)
+extern __thread struct tcache *memalloc_tc_own
+    __attribute__((tls_model("initial-exec"))) HIDDEN;
+
+/* This thread's cache, even when perturbing or hardened; NULL for none.
+ * Inline: the hardened mode's every malloc and free asks. */
+static inline struct tcache *tcache_current(void)
+{
+    return memalloc_tc_own > TC_DEAD ? memalloc_tc_own : NULL;
+}
+
 /* ---- hot path ------------------------------------------------------------ */
 
 static inline void *tcache_pop(struct tcache *t, unsigned cls)
@@ -109,10 +125,12 @@ static inline struct tbin *tcache_bin_for(struct tcache *t, const void *p)
     if (unlikely(!(m & MAP_SMALL)))
         return NULL;
     const struct chunk *c = (const struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
-    if (unlikely(!tcache_block_plausible(c, p)))
-        return NULL;
+    /* Room first: the always-empty cache (perturbing, hardened) then
+     * misses before the block's own checks. */
     struct tbin *b = (struct tbin *)((char *)t + c->bin);  /* &t->bins[c->cls], one add */
     if (unlikely(b->count >= b->max))
+        return NULL;
+    if (unlikely(!tcache_block_plausible(c, p)))
         return NULL;
     return b;
 }
@@ -130,7 +148,6 @@ static inline void tbin_push(struct tbin *b, void *p)
 
 HIDDEN void tcache_init(void);
 HIDDEN struct tcache *tcache_create(void);
-HIDDEN struct tcache *tcache_current(void);     /* even when perturbing */
 HIDDEN void *tcache_refill(struct tcache *t, unsigned cls);
 HIDDEN void tcache_free_slow(struct tcache *t, struct chunk *c, void *p, const char *func);
 HIDDEN void tcache_flush_all(struct tcache *t);

@@ -5,17 +5,18 @@
  * naming the function, the kind and the pointer: a small block overflowed
  * by 1 and by 8 bytes past its usable size (caught at free, realloc and
  * malloc_usable_size), a double free after the program wrote over the
- * freed block, a plain double free, a write into a freed block (caught
- * when the block is handed out again); for large blocks an overflow
+ * freed block, a plain double free, a write into a freed block at its
+ * start, middle or last byte (caught when the block is handed out again); for large blocks an overflow
  * within the last page (caught at free) and a double free, and, killed by
  * SIGSEGV at the access itself, an overflow into the guard page, a read or
  * a write after free; through malloc(0), any access (SIGSEGV) and a double
  * free.  Alongside: freed blocks read as
  * zeroes, fresh blocks read as zeroes even where the memory held data,
  * writes up to the usable size are fine, alignment holds, malloc_trim
- * empties the quarantine.
+ * empties the quarantine, and a thread's quarantine goes back at its exit.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@
 
 enum misuse { OVF1_FREE, OVF8_FREE, OVF1_REALLOC, OVF1_USABLE, OVF_ALIGNED,
               DOUBLE_FREE, DOUBLE_FREE_WRITTEN, DOUBLE_FREE_REUSED_NEIGHBOUR,
-              WRITE_AFTER_FREE,
+              WRITE_AFTER_FREE, WRITE_AFTER_FREE_MID, WRITE_AFTER_FREE_LAST,
               /* large blocks */
               LARGE_OVF_TAIL, LARGE_OVF_GUARD, LARGE_READ_AFTER_FREE, LARGE_WRITE_AFTER_FREE,
               LARGE_DOUBLE_FREE,
@@ -48,6 +49,9 @@ static const struct { const char *name, *func, *kind; } cases[] = {
                                       "double free"},
     [WRITE_AFTER_FREE] = {"write after free, seen when the block is reused", "malloc()",
                           "write after free"},
+    [WRITE_AFTER_FREE_MID] = {"write after free into the middle", "malloc()", "write after free"},
+    [WRITE_AFTER_FREE_LAST] = {"write after free into the last byte", "malloc()",
+                               "write after free"},
     /* A NULL func: the access itself must fault (SIGSEGV), no message. */
     [LARGE_OVF_TAIL] = {"large block overflowed within its last page", "free()", "overflow"},
     [LARGE_OVF_GUARD] = {"large block overflowed into its guard page", NULL, NULL},
@@ -58,6 +62,15 @@ static const struct { const char *name, *func, *kind; } cases[] = {
     [ZERO_WRITE] = {"write through malloc(0)", NULL, NULL},
     [ZERO_DOUBLE_FREE] = {"double free of malloc(0)", "free()", "double free"},
 };
+
+/* Where WRITE_AFTER_FREE_MID writes: in the middle, at byte 3 of the
+ * 8-byte lane mid_lane (0-3) of a 32-byte line, so that every lane of a
+ * vector check is tried (run_case sets it before each fork). */
+static int mid_lane;
+static size_t mid_offset(size_t u)
+{
+    return 16 + (((u - 16) / 2) & ~(size_t)31) + 8 * (size_t)mid_lane + 3;
+}
 
 static void misuse(int which, void *arg)
 {
@@ -123,9 +136,9 @@ static void misuse(int which, void *arg)
         memalloc_free(p);
         memalloc_free(p);
         break;
-    case WRITE_AFTER_FREE:
+    case WRITE_AFTER_FREE: case WRITE_AFTER_FREE_MID: case WRITE_AFTER_FREE_LAST:
         memalloc_free(p);
-        p[20] = 1;
+        p[which == WRITE_AFTER_FREE ? 20 : which == WRITE_AFTER_FREE_MID ? mid_offset(u) : u - 1] = 1;
         /* Churn the class until p is out of the quarantine and handed out. */
         for (int i = 0; i < 20000; i++) {
             void *q = memalloc_malloc(n);
@@ -264,6 +277,46 @@ static void test_quarantine_trim(void)
     CHECK(after <= before, "malloc_trim left %zu bytes in use, %zu before", after, before);
 }
 
+/* Each thread's quarantine is its own and goes back when the thread
+ * exits: blocks freed by threads (their own and the main thread's) are
+ * not held once the threads are joined. */
+#define T_THREADS 4
+#define T_BLOCKS 400
+static void *t_main(void *arg)
+{
+    void **given = arg, *v[T_BLOCKS];
+    for (int i = 0; i < T_BLOCKS; i++) {
+        v[i] = memalloc_malloc(200);
+        memset(v[i], 1, 200);
+    }
+    for (int i = 0; i < T_BLOCKS; i++) {
+        memalloc_free(v[i]);
+        memalloc_free(given[i]);    /* a block the main thread allocated */
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    memalloc_malloc_trim(0);
+    size_t before = stats().small_in_use;
+    static void *given[T_THREADS][T_BLOCKS];
+    pthread_t t[T_THREADS];
+    for (int k = 0; k < T_THREADS; k++)
+        for (int i = 0; i < T_BLOCKS; i++)
+            given[k][i] = memalloc_malloc(300);
+    for (int k = 0; k < T_THREADS; k++)
+        CHECK(pthread_create(&t[k], NULL, t_main, given[k]) == 0, "pthread_create");
+    for (int k = 0; k < T_THREADS; k++)
+        pthread_join(t[k], NULL);
+    memalloc_malloc_trim(0);
+    size_t after = stats().small_in_use;
+    /* Held, the threads' frees would be 4 x 400 x (208 + 304) bytes. */
+    CHECK(after < before + (64 << 10), "blocks freed by exited threads still held: %zu, %zu before",
+          after, before);
+    CHECK_HEAP("after the threads");
+}
+
 /* malloc(0): distinct pointers, usable size 0, each freed once, realloc
  * out of one; a large block's bytes up to its size are the program's
  * (the guard starts after them), and realloc keeps them. */
@@ -304,9 +357,12 @@ int main(int argc, char **argv)
         return check_report("test_harden");
     }
     static const size_t sizes[] = {24, 100, 4096, 20000, 100000};
-    for (int which = OVF1_FREE; which <= WRITE_AFTER_FREE; which++)
+    for (int which = OVF1_FREE; which <= WRITE_AFTER_FREE_LAST; which++)
         for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
             run_case(which, sizes[k]);
+    for (mid_lane = 1; mid_lane < 4; mid_lane++)        /* lane 0 ran above */
+        for (size_t k = 1; k < sizeof sizes / sizeof sizes[0]; k++)
+            run_case(WRITE_AFTER_FREE_MID, sizes[k]);
     static const size_t large[] = {200003, 600000};    /* one ends mid-page, one on a page */
     for (int which = LARGE_OVF_TAIL; which <= LARGE_DOUBLE_FREE; which++)
         for (size_t k = 0; k < sizeof large / sizeof large[0]; k++)
@@ -318,5 +374,6 @@ int main(int argc, char **argv)
     test_zeroes();
     test_alignment();
     test_quarantine_trim();
+    test_threads();
     return check_report("test_harden");
 }
