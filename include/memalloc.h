@@ -82,9 +82,19 @@ struct memalloc_stats {
 };
 size_t memalloc_get_stats(struct memalloc_stats *out, size_t size);
 
+/* The heap as an SVG picture written to fd (0.3): a grid of 64 KiB units
+ * from the heap base to the break, chunks coloured by class and shaded by
+ * how full they are, large blocks, free units resident or given back,
+ * other code's memory; the reservation above the break, a legend and the
+ * totals of malloc_stats.  It calls no malloc and takes memalloc's locks as
+ * memalloc_check() does (so not from a signal that interrupted memalloc
+ * itself).  0, or -1 with errno set when a write failed.  MEMALLOC_MAP=file
+ * writes one at exit. */
+int memalloc_map(int fd);
+
 /* The library's version, "MAJOR.MINOR.PATCH" (MEMALLOC_VERSION is the
  * header's). */
-#define MEMALLOC_VERSION "0.2.0"
+#define MEMALLOC_VERSION "0.3.0"
 const char *memalloc_version(void);
 
 /* How often memalloc's locks were taken, and how often a thread had to wait

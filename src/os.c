@@ -204,6 +204,12 @@ static uintptr_t make_room(uintptr_t cur, size_t delta, uintptr_t *from)
     return cut;
 }
 
+/* How much address space is reserved above the break now. */
+size_t os_reserved(void)
+{
+    return res_hi - res_lo;
+}
+
 /* Reserve above the break now, if not done yet. */
 void raw_reserve(void)
 {

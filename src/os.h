@@ -25,6 +25,7 @@
 
 HIDDEN void *raw_sbrk(intptr_t delta);  /* glibc's sbrk, moving the reservation */
 HIDDEN void *raw_break(void);           /* sbrk(0) */
+HIDDEN size_t os_reserved(void);        /* bytes reserved above the break (heap lock) */
 HIDDEN void raw_reserve(void);          /* reserve above the break, once */
 
 /* ---- pages ------------------------------------------------------------------ */

@@ -62,6 +62,7 @@ static void check_lib(const char *path, int standard_names)
     const char *(*version)(void) = (const char *(*)(void))dlvsym(h, "memalloc_version",
                                                                 "MEMALLOC_0.2");
     void *(*m)(size_t) = (void *(*)(size_t))dlvsym(h, "memalloc_malloc", "MEMALLOC_0.1");
+    CHECK(dlvsym(h, "memalloc_map", "MEMALLOC_0.3") != NULL, "%s: memalloc_map@MEMALLOC_0.3", path);
     CHECK(now && old && version && m, "%s: a versioned symbol is missing", path);
     if (!now || !old || !version || !m)
         return;
