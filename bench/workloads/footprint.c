@@ -35,6 +35,8 @@ int main(int argc, char **argv)
     }
     uint64_t sum = 0;
     for (size_t i = 0; i < n; i++) {
+        if (i == n / 2)
+            wl_map();               /* WL_MAP=file.svg: the heap halfway */
         sum += ((unsigned char *)p[i])[0];
         free(p[i]);
     }

@@ -8,6 +8,8 @@
 #define WL_H
 
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,6 +100,23 @@ static inline void wl_after_free(void)
             ;
     }
     wl_rss_after_free_kb = wl_status_kb("VmRSS:");
+}
+
+/* With WL_MAP=file.svg under memalloc: a picture of the heap now
+ * (memalloc_map, looked up so that the workloads still run on any
+ * allocator).  README's heap picture is footprint's, halfway through its
+ * free phase. */
+static inline void wl_map(void)
+{
+    const char *path = getenv("WL_MAP");
+    int (*map)(int) = path ? (int (*)(int))dlsym(RTLD_DEFAULT, "memalloc_map") : NULL;
+    if (!map)
+        return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+        map(fd);
+        close(fd);
+    }
 }
 
 static inline int wl_report(const char *name, double scale, uint64_t checksum)
