@@ -1,9 +1,10 @@
-// micro.cc - the microbenchmarks: every case runs twice in this process,
-// once through memalloc's prefixed API (BM_x/memalloc/...) and once through
-// the process's malloc (BM_x/system/...: glibc, or whatever is preloaded).
-// bench/compare pairs the two by name.  Time is per operation (one malloc
-// and its free, or one realloc step); footprint cases add peak_rss and
-// final_rss counters: bytes of resident memory above the case's start.
+// micro.cc - the microbenchmarks, through the process's malloc
+// (BM_x/system/...): glibc, or whatever is preloaded.  bench/compare runs
+// it once per allocator, memalloc included (LD_PRELOAD), so that every
+// allocator is measured the same way and none shares its process (and its
+// break) with another.  Time is per operation (one malloc and its free, or
+// one realloc step); footprint cases add peak_rss and final_rss counters:
+// bytes of resident memory above the case's start.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -15,18 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "memalloc.h"
-
 namespace {
-
-struct Memalloc {
-    static constexpr const char *name = "memalloc";
-    static void *malloc(size_t n) { return memalloc_malloc(n); }
-    static void free(void *p) { memalloc_free(p); }
-    static void *calloc(size_t m, size_t n) { return memalloc_calloc(m, n); }
-    static void *realloc(void *p, size_t n) { return memalloc_realloc(p, n); }
-    static int memalign(void **out, size_t a, size_t n) { return memalloc_posix_memalign(out, a, n); }
-};
 
 struct System {
     static constexpr const char *name = "system";
@@ -322,10 +312,8 @@ template <class A> void register_side(int which) {
 }  // namespace
 
 int main(int argc, char **argv) {
-    for (int which = 0; which <= 8; which++) {
-        register_side<Memalloc>(which);
+    for (int which = 0; which <= 8; which++)
         register_side<System>(which);
-    }
     const char *pre = std::getenv("LD_PRELOAD");
     benchmark::AddCustomContext("system_malloc", pre && *pre ? pre : "glibc");
     benchmark::Initialize(&argc, argv);
