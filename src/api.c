@@ -20,6 +20,19 @@
 #include "options.h"
 #include "purge.h"
 #include "tcache.h"
+#include "standard_names.h"
+#include "track.h"
+
+/* In memcheck and ASan builds (track.h) api_tracked.c exports the entry points
+ * that hand out, take back or look at blocks, and calls these, renamed
+ * untracked_*, under its hooks. */
+#if TRACKING
+#define TRACKED(name) untracked_##name
+#define TRACKED_EXPORT HIDDEN
+#else
+#define TRACKED(name) name
+#define TRACKED_EXPORT EXPORT
+#endif
 
 static inline bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
@@ -125,7 +138,7 @@ static NOINLINE void *malloc_slow(size_t n)
 
 /* ---- hot path: malloc that hits this thread's cache ------------------------- */
 
-EXPORT void *memalloc_malloc(size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_malloc)(size_t n)
 {
     if (likely(n - 1 < TC_MAX_SIZE)) {     /* malloc(0) wraps to the slow path */
         void *p = tcache_pop(memalloc_tc, size_to_class(n));    /* the table */
@@ -135,7 +148,7 @@ EXPORT void *memalloc_malloc(size_t n)
     return malloc_slow(n);
 }
 
-EXPORT void *memalloc_calloc(size_t nmemb, size_t size)
+TRACKED_EXPORT void *TRACKED(memalloc_calloc)(size_t nmemb, size_t size)
 {
     size_t n, dirty;
     if (__builtin_mul_overflow(nmemb, size, &n)) {
@@ -201,7 +214,7 @@ static inline __attribute__((always_inline)) void free_any(void *p, const char *
 
 /* Hot path: a free that fits in this thread's cache touches no lock and
  * leaves errno alone. */
-EXPORT void memalloc_free(void *p)
+TRACKED_EXPORT void TRACKED(memalloc_free)(void *p)
 {
     free_any(p, "free");
 }
@@ -230,7 +243,7 @@ static size_t usable_checked(void *p, const char *func, void **meta, enum ptr_ki
     fatal_pointer(func, "invalid pointer", p);
 }
 
-EXPORT void *memalloc_realloc(void *p, size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_realloc)(void *p, size_t n)
 {
     if (!p)
         return memalloc_malloc(n);
@@ -257,7 +270,7 @@ EXPORT void *memalloc_realloc(void *p, size_t n)
     return q;
 }
 
-EXPORT void *memalloc_reallocarray(void *p, size_t nmemb, size_t size)
+TRACKED_EXPORT void *TRACKED(memalloc_reallocarray)(void *p, size_t nmemb, size_t size)
 {
     size_t n;
     if (__builtin_mul_overflow(nmemb, size, &n)) {
@@ -278,7 +291,7 @@ static void *memalign_common(size_t align, size_t n)
     return p;
 }
 
-EXPORT int memalloc_posix_memalign(void **memptr, size_t align, size_t n)
+TRACKED_EXPORT int TRACKED(memalloc_posix_memalign)(void **memptr, size_t align, size_t n)
 {
     if (!is_pow2(align) || align % sizeof(void *) != 0)
         return EINVAL;
@@ -289,7 +302,7 @@ EXPORT int memalloc_posix_memalign(void **memptr, size_t align, size_t n)
     return 0;
 }
 
-EXPORT void *memalloc_aligned_alloc(size_t align, size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_aligned_alloc)(size_t align, size_t n)
 {
     if (!is_pow2(align)) {          /* C17 / glibc >= 2.38 */
         errno = EINVAL;
@@ -298,7 +311,7 @@ EXPORT void *memalloc_aligned_alloc(size_t align, size_t n)
     return memalign_common(align, n);
 }
 
-EXPORT void *memalloc_memalign(size_t align, size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_memalign)(size_t align, size_t n)
 {
     /* As glibc: EINVAL only where no power of two can be rounded up to;
      * up to 2^63 an impossible alignment fails with ENOMEM. */
@@ -311,13 +324,13 @@ EXPORT void *memalloc_memalign(size_t align, size_t n)
     return memalign_common(align, n);
 }
 
-EXPORT void *memalloc_valloc(size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_valloc)(size_t n)
 {
     ensure_init();                  /* os_page() is read from the kernel there */
     return memalign_common(os_page(), n);
 }
 
-EXPORT void *memalloc_pvalloc(size_t n)
+TRACKED_EXPORT void *TRACKED(memalloc_pvalloc)(size_t n)
 {
     if (n > (size_t)PTRDIFF_MAX) {
         errno = ENOMEM;
@@ -329,7 +342,7 @@ EXPORT void *memalloc_pvalloc(size_t n)
     return memalign_common(page, rounded);
 }
 
-EXPORT size_t memalloc_malloc_usable_size(void *p)
+TRACKED_EXPORT size_t TRACKED(memalloc_malloc_usable_size)(void *p)
 {
     if (!p)
         return 0;
@@ -337,6 +350,28 @@ EXPORT size_t memalloc_malloc_usable_size(void *p)
     enum ptr_kind kind;
     return usable_checked(p, "malloc_usable_size", &meta, &kind);
 }
+
+#if TRACKING
+/* For api_tracked.c: p's usable size, vouched for (misuse stops the process
+ * naming func), and the bytes of the block at p as far as the heap's
+ * headers tell, without any check (0 for no block). */
+HIDDEN size_t api_usable(void *p, const char *func)
+{
+    void *meta;
+    enum ptr_kind kind;
+    return usable_checked(p, func, &meta, &kind);
+}
+
+HIDDEN size_t api_block_bytes(const void *p)
+{
+    void *meta;
+    switch (ptr_lookup(p, &meta)) {
+    case PTR_SMALL: return ((struct chunk *)meta)->size;
+    case PTR_LARGE: return large_usable(meta);
+    default: return 0;
+    }
+}
+#endif
 
 /* ---- glibc's malloc.h extensions and the break ---------------------------------- */
 
@@ -357,7 +392,8 @@ EXPORT int memalloc_mallopt(int param, int value)
         option_set(OPT_RETAIN_MAX, 0);
         return 1;
     case M_PERTURB:
-        option_set(OPT_PERTURB, value & 0xff);
+        if (!TRACKING)              /* options.c says why */
+            option_set(OPT_PERTURB, value & 0xff);
         return 1;
     case M_MXFAST: case M_MMAP_THRESHOLD: case M_MMAP_MAX: case M_CHECK_ACTION:
     case M_ARENA_TEST: case M_ARENA_MAX:
@@ -367,7 +403,7 @@ EXPORT int memalloc_mallopt(int param, int value)
     }
 }
 
-EXPORT int memalloc_malloc_trim(size_t pad)
+TRACKED_EXPORT int TRACKED(memalloc_malloc_trim)(size_t pad)
 {
     ensure_init();
     harden_flush();                 /* into this thread's cache, flushed next */
@@ -397,30 +433,6 @@ EXPORT int brk(void *addr)
 
 /* ---- the standard names (libmemalloc only) ------------------------------------- */
 
-#ifdef MEMALLOC_STANDARD_NAMES
-/* Aliases, not wrappers: malloc is memalloc_malloc, one symbol, so the hot
- * path pays no extra jump.  override.c has the names whose memalloc_
- * versions live elsewhere. */
-#if defined(__has_attribute)
-#if __has_attribute(copy)
-#define COPY_ATTRIBUTES(ours) __attribute__((copy(ours)))
-#endif
-#endif
-#ifndef COPY_ATTRIBUTES
-#define COPY_ATTRIBUTES(ours)
-#endif
-#define STANDARD_NAME(name, ours) \
-    EXPORT extern __typeof__(ours) name __attribute__((alias(#ours))) COPY_ATTRIBUTES(ours)
-STANDARD_NAME(malloc, memalloc_malloc);
-STANDARD_NAME(free, memalloc_free);
-STANDARD_NAME(cfree, memalloc_free);
-STANDARD_NAME(calloc, memalloc_calloc);
-STANDARD_NAME(realloc, memalloc_realloc);
-STANDARD_NAME(reallocarray, memalloc_reallocarray);
-STANDARD_NAME(posix_memalign, memalloc_posix_memalign);
-STANDARD_NAME(aligned_alloc, memalloc_aligned_alloc);
-STANDARD_NAME(memalign, memalloc_memalign);
-STANDARD_NAME(valloc, memalloc_valloc);
-STANDARD_NAME(pvalloc, memalloc_pvalloc);
-STANDARD_NAME(malloc_usable_size, memalloc_malloc_usable_size);
+#if defined(MEMALLOC_STANDARD_NAMES) && !TRACKING      /* api_tracked.c's, in those builds */
+STANDARD_NAMES();                   /* aliases: standard_names.h */
 #endif

@@ -10,6 +10,7 @@
 #include "init.h"
 #include "memalloc.h"
 #include "tcache.h"
+#include "track.h"
 
 #define H memalloc_heap
 
@@ -292,6 +293,7 @@ static int tcache_check_own(void)
 EXPORT int memalloc_check(void)
 {
     ensure_init();
+    track_quiet_begin();            /* it reads memalloc's headers and free blocks */
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         pthread_mutex_lock(&memalloc_classes[c].lock);
     heap_lock();
@@ -302,5 +304,6 @@ EXPORT int memalloc_check(void)
     heap_unlock();
     for (unsigned c = NUM_CLASSES; c-- > 0;)
         pthread_mutex_unlock(&memalloc_classes[c].lock);
+    track_quiet_end();
     return bad;
 }

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "chunk.h"
+#include "track.h"
 #include "options.h"
 
 _Static_assert(offsetof(struct chunk, in_use) == 64,
@@ -352,6 +353,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         memalloc_unit_map[u + k] = (uint8_t)(MAP_SMALL | k);
     sc->chunks++;
     partial_push(sc, c);
+    track_chunk_blocks((void *)c->blocks, (size_t)c->capacity * c->size);
     return c;
 }
 

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "heap.h"
+#include "track.h"
 #include "options.h"
 
 uint8_t memalloc_unit_map[MAP_UNITS] HIDDEN;
@@ -309,6 +310,7 @@ static bool shrink_top(size_t keep)
     size_t extra = whole_segment ? H.seg_pad : 0;
     struct span *below = span_before(s);
     bin_remove(s);
+    track_released((char *)H.end - release - extra, release + extra);
     if (raw_sbrk(-(intptr_t)(release + extra)) == (void *)-1) {
         bin_insert(s);
         return false;
@@ -491,6 +493,7 @@ static struct span *alloc_locked(size_t units, size_t *dirty)
         size_t rest_dirty = *dirty > used ? *dirty - used : 0;
         release_locked(split(s, units), rest_dirty, since);
     }
+    track_span_taken(s, span_bytes(s));
     return s;
 }
 

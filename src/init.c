@@ -12,6 +12,7 @@
 #include "options.h"
 #include "purge.h"
 #include "tcache.h"
+#include "track.h"
 
 int memalloc_init_state HIDDEN;
 
@@ -60,10 +61,12 @@ static void fork_child(void)
     purge_fork_child();
     if (!fork_locked)
         return;
+    track_quiet_begin();
     heap_fork_child();
     chunk_fork_child();
     tcache_fork_child();
     harden_fork_child();
+    track_quiet_end();
 }
 
 /* ---- initialisation ----------------------------------------------------- */

@@ -29,6 +29,7 @@
 #include "init.h"
 #include "memalloc.h"
 #include "tcache.h"
+#include "track.h"
 
 #define H memalloc_heap
 
@@ -441,6 +442,7 @@ EXPORT int memalloc_map(int fd)
     memalloc_get_stats(&st, sizeof st);     /* one lock at a time, before the walk's */
 
     pthread_mutex_lock(&out_lock);
+    track_quiet_begin();            /* it reads memalloc's headers */
     out_fd = fd;
     out_err = 0;
     out_len = 0;
@@ -510,6 +512,7 @@ EXPORT int memalloc_map(int fd)
     put("</svg>\n");
     flush_out();
     int err = out_err;
+    track_quiet_end();
     pthread_mutex_unlock(&out_lock);
     if (err) {
         errno = err;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "options.h"
+#include "track.h"
 
 struct option_desc {
     const char *env;
@@ -82,6 +83,14 @@ bool options_load(void)
             message(", using the default\n");
         }
     }
+#if TRACKING
+    /* Under memcheck or ASan (track.h) the tools do what these do, and
+     * their fills would touch free blocks behind the tools' backs. */
+    if (memalloc_options[OPT_HARDEN] || memalloc_options[OPT_PERTURB])
+        message("memalloc: warning: MEMALLOC_HARDEN and MALLOC_PERTURB_ are off in "
+                "memcheck and ASan builds\n");
+    memalloc_options[OPT_HARDEN] = memalloc_options[OPT_PERTURB] = 0;
+#endif
     errno = saved;
     return true;
 }

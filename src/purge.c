@@ -24,6 +24,7 @@
  * on entry; the pass takes one class lock at a time, then the heap lock.
  */
 #include "purge.h"
+#include "track.h"
 #include "chunk.h"
 #include "options.h"
 
@@ -148,6 +149,7 @@ static void pass(uint64_t now)
 static void *background(void *arg)
 {
     (void)arg;
+    track_quiet_begin();            /* only memalloc's code runs on this thread */
     for (;;) {
         uint64_t half = (uint64_t)option(OPT_PURGE_DELAY) / 2;
         os_sleep_ms(half < 10 ? 10 : half > 1000 ? 1000 : half);

@@ -15,6 +15,7 @@
 #include "memalloc.h"
 #include "options.h"
 #include "tcache.h"
+#include "track.h"
 
 /* One class as the statistics see it.  "In use" for the pool covers blocks
  * in thread caches and parked batches; the program holds the rest. */
@@ -35,7 +36,9 @@ static void class_snapshot(unsigned c, struct class_snap *s)
     s->locks = sc->locks;
     s->contended = sc->contended;
     pthread_mutex_unlock(&sc->lock);
+    track_quiet_begin();            /* the caches are memalloc's memory */
     s->cached = tcache_cached_blocks(c);
+    track_quiet_end();
     size_t held = s->parked + s->cached;
     s->program = s->pool_in_use > held ? s->pool_in_use - held : 0;
 }

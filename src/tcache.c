@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "tcache.h"
+#include "track.h"
 #include "options.h"
 #include "purge.h"
 
@@ -297,6 +298,7 @@ static void list_remove(struct tcache *t)
 static void thread_exit(void *arg)
 {
     struct tcache *t = arg;
+    track_quiet_begin();
     memalloc_tc_own = TC_DEAD;      /* later frees and mallocs bypass caches */
     memalloc_tc = &memalloc_tc_none;
     list_remove(t);
@@ -307,6 +309,7 @@ static void thread_exit(void *arg)
     if (ptr_lookup(t, &meta) == PTR_SMALL)
         chunk_free(meta, t, "free");
     purge_maybe();
+    track_quiet_end();
 }
 
 /* Every new cache starts as a copy of these: filled once, so that a
@@ -333,6 +336,7 @@ struct tcache *tcache_create(void)
         memalloc_tc_own = TC_NONE;
         return NULL;
     }
+    track_internal(t, sizeof *t);
     memcpy(t->bins, fresh_bins, sizeof t->bins);
     memset(t->seen_refills, 0, sizeof t->seen_refills);
     t->prev = NULL;
