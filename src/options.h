@@ -36,7 +36,7 @@
         /* cap of the top space kept after big frees */ \
     X(OPT_HARDEN, "MEMALLOC_HARDEN", 0, 0, 1)           /* hardened mode (harden.h) */ \
     X(OPT_QUARANTINE_BLOCKS, "MEMALLOC_QUARANTINE_BLOCKS", 1024, 0, 1 << 16) \
-        /* hardened mode: freed small blocks held back from reuse ... */ \
+        /* hardened mode: freed small blocks a thread holds back from reuse ... */ \
     X(OPT_QUARANTINE_BYTES, "MEMALLOC_QUARANTINE_BYTES", 256 << 10, 0, PTRDIFF_MAX) \
         /* ... and their bytes at most */
 
