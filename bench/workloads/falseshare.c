@@ -36,9 +36,9 @@ static uint64_t hammer(unsigned char *q)
     return s;
 }
 
-static void *active(void *arg)
+/* A thread's own objects, one at a time: allocated, hammered, freed. */
+static void own_objects(void)
 {
-    (void)arg;
     uint64_t s = 0;
     for (long r = 0; r < rounds; r++) {
         unsigned char *p = wl_xmalloc(OBJ);
@@ -47,20 +47,19 @@ static void *active(void *arg)
         free(p);
     }
     __atomic_fetch_add(&sink, s, __ATOMIC_RELAXED);
+}
+
+static void *active(void *arg)
+{
+    (void)arg;
+    own_objects();
     return NULL;
 }
 
 static void *passive(void *arg)
 {
     free(handed[(uintptr_t)arg]);   /* the main thread's block, next to the others' */
-    uint64_t s = 0;
-    for (long r = 0; r < rounds; r++) {
-        unsigned char *p = wl_xmalloc(OBJ);
-        memset(p, 0, OBJ);
-        s += hammer(p);
-        free(p);
-    }
-    __atomic_fetch_add(&sink, s, __ATOMIC_RELAXED);
+    own_objects();
     return NULL;
 }
 
