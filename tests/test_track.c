@@ -6,6 +6,9 @@
  *   uaf       reads byte 8 of a freed 100-byte block
  *   overflow  reads the byte just past a 100-byte block
  *   leak      drops the only pointer to a 77-byte block (memcheck only)
+ *   std-uaf   uaf through malloc and free, for the build linked with
+ *             libmemalloc (memcheck only, told to leave memalloc's malloc
+ *             in place: --soname-synonyms=somalloc=nouserintercepts)
  *   clean     uses every entry point, threads, realloc, memalloc_check,
  *             the statistics and memalloc_map, and must draw no report:
  *             memalloc's own reads of its free blocks and headers are not
@@ -60,8 +63,10 @@ static int clean(void)
     a = memalloc_aligned_alloc(64, 640);
     memset(a, 2, 640);
     memalloc_free(a);
-    char *big = memalloc_malloc(3 << 20);
-    memset(big, 3, 3 << 20);
+    char *big = memalloc_malloc(600 << 10);     /* a large block (valgrind's break is small) */
+    if (!big)
+        return 1;
+    memset(big, 3, 600 << 10);
     big = memalloc_realloc(big, 100);
     sum += big[99];
     memalloc_free(big);
@@ -86,6 +91,14 @@ int main(int argc, char **argv)
         memset(p, 7, 100);
         printf("block %p\n", (void *)p);
         memalloc_free(p);
+        printf("read %d\n", ((volatile char *)p)[8]);
+        return 0;
+    }
+    if (strcmp(mode, "std-uaf") == 0) {
+        char *volatile p = malloc(100);     /* volatile: the compiler's use-after-free warning */
+        memset(p, 7, 100);
+        printf("block %p\n", (void *)p);
+        free(p);
         printf("read %d\n", ((volatile char *)p)[8]);
         return 0;
     }
