@@ -118,8 +118,10 @@ static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
 
 static NOINLINE void *malloc_slow(size_t n)
 {
-    /* Every malloc of a hardened process comes here (initialised: it is
-     * the first options_load that turns the mode on). */
+    /* Every malloc of a hardened process comes here.  Initialised first:
+     * the first options_load turns the mode on before the classes and the
+     * secrets are set up, and another thread may be doing that now. */
+    ensure_init();
     if (unlikely(hardened()))
         return harden_malloc(n, ALIGNMENT);
     /* A small block above the table's reach: its bin before anything else

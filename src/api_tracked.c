@@ -148,7 +148,10 @@ EXPORT void *memalloc_pvalloc(size_t n)
 
 EXPORT size_t memalloc_malloc_usable_size(void *p)
 {
-    return QUIET(untracked_memalloc_malloc_usable_size(p));
+    size_t n = QUIET(untracked_memalloc_malloc_usable_size(p));
+    if (n)                          /* the program may use all of it now */
+        track_usable(p, n);
+    return n;
 }
 
 EXPORT int memalloc_malloc_trim(size_t pad)

@@ -12,8 +12,9 @@
  *
  * Blocks travel as in the default mode, through the thread's cache (its
  * bins, which the hot paths never see in this mode: tcache.c gives them
- * the always-empty cache) and the class in batches; only the quarantine
- * is shared by every thread, behind one lock of its own.
+ * the always-empty cache) and the class in batches; each thread has its
+ * own quarantine.  Only the large blocks' quarantine and malloc(0)'s slots
+ * are shared, behind one lock of their own.
  *
  * Invariants: the mode is fixed before the first block is handed out
  * (init.c); a small block not held by the program reads zero but for its
@@ -157,7 +158,7 @@ static void q_push(void *p, unsigned cls)
         purge_maybe();
         return;
     }
-    if (q->count == max_blocks)
+    while (q->count >= max_blocks)  /* >=: a release may free into the ring */
         q_pop_oldest(q);
     q->p[q->head] = p;
     q->cls[q->head] = (uint8_t)cls;
@@ -271,7 +272,7 @@ static bool zero_by_memcmp(const char *p, size_t size)
 }
 
 #if defined(__x86_64__)
-typedef uint64_t vec32 __attribute__((vector_size(32), may_alias));
+typedef uint64_t vec32 __attribute__((vector_size(32), may_alias, aligned(16)));  /* blocks are 16-aligned */
 
 /* size > 256: bytes 16-31 as one vector, then 32-byte vectors. */
 __attribute__((target("avx2"))) static bool zero_by_avx2(const char *p, size_t size)
@@ -446,6 +447,8 @@ static void large_release(struct large_block *b)
 
 static void large_free_checked(struct large_block *b, void *p, const char *func)
 {
+    if (b->s.kind != SPAN_LARGE || (char *)b + b->user_off != (char *)p)
+        fatal_pointer(func, "invalid pointer", p);  /* before its fields are trusted */
     harden_large_check(b, p, func);
     large_hold(b, p, func);         /* decides between two racing frees */
     size_t len = span_bytes(&b->s) - b->user_off;

@@ -50,6 +50,17 @@ static inline void track_internal(void *p, size_t len) { (void)p; (void)len; }
 static inline void track_released(void *p, size_t len) { (void)p; (void)len; }
 /* Bytes memalloc reads on the program's behalf (realloc's copy). */
 static inline void track_open(void *p, size_t len) { (void)p; (void)len; }
+/* malloc_usable_size said the block has `usable` bytes: they are the
+ * program's to use from now on (the slack after the size it asked for,
+ * still inaccessible, becomes accessible and undefined). */
+static inline void track_usable(void *p, size_t usable)
+{
+    track_quiet_begin();
+    char *first = (char *)VALGRIND_CHECK_MEM_IS_ADDRESSABLE(p, usable);
+    track_quiet_end();
+    if (first)
+        VALGRIND_MAKE_MEM_UNDEFINED(first, (size_t)((char *)p + usable - first));
+}
 
 #elif defined(MEMALLOC_ASAN)
 /* The functions, not the ASAN_ macros: those are empty in code built
@@ -70,6 +81,7 @@ static inline void track_chunk_blocks(void *p, size_t len) { __asan_poison_memor
 static inline void track_internal(void *p, size_t len) { __asan_unpoison_memory_region(p, len); }
 static inline void track_released(void *p, size_t len) { __asan_unpoison_memory_region(p, len); }
 static inline void track_open(void *p, size_t len) { __asan_unpoison_memory_region(p, len); }
+static inline void track_usable(void *p, size_t usable) { __asan_unpoison_memory_region(p, usable); }
 
 #else
 #define TRACKING 0

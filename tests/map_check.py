@@ -97,9 +97,13 @@ def main():
     by_cmd = os.path.join(work, 'command.svg')
     if os.path.exists(by_cmd):
         os.unlink(by_cmd)
-    out = subprocess.run(['sh', cmd, '--map', by_cmd, 'bash', '-c', 'ls / >/dev/null'],
+    # bash forks ls, which inherits MEMALLOC_MAP and exits first: the file
+    # must still be one whole picture, and no FILE.PID may be left.
+    out = subprocess.run(['sh', cmd, '--map', by_cmd, 'bash', '-c', 'ls / >/dev/null; true'],
                          env=dict(os.environ, MEMALLOC_LIB=lib), capture_output=True, text=True)
     check(out.returncode == 0, 'memalloc --map exited %d: %s' % (out.returncode, out.stderr))
+    left = [f for f in os.listdir(work) if f.startswith('command.svg.')]
+    check(not left, 'temporary maps left behind: %s' % left)
     root = load(by_cmd)
     if root is not None:
         check(grid_bytes(root) == int(root.get('data-heap-bytes')),

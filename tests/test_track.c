@@ -10,6 +10,7 @@
  *             libmemalloc (memcheck only, told to leave memalloc's malloc
  *             in place: --soname-synonyms=somalloc=nouserintercepts)
  *   clean     uses every entry point, threads, realloc, memalloc_check,
+ *             writes a block up to malloc_usable_size,
  *             the statistics and memalloc_map, and must draw no report:
  *             memalloc's own reads of its free blocks and headers are not
  *             the program's.
@@ -17,6 +18,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,11 @@ static int clean(void)
     memalloc_free(big);
     if (memalloc_malloc_usable_size(NULL) != 0 || memalloc_check() != 0)
         return 1;
+    char *u = memalloc_malloc(100);     /* all of its usable size is the program's */
+    size_t un = memalloc_malloc_usable_size(u);
+    memset(u, 4, un);
+    sum += u[un - 1];
+    memalloc_free(u);
     struct memalloc_stats st;
     memalloc_get_stats(&st, sizeof st);
     memalloc_malloc_trim(0);
@@ -86,19 +93,16 @@ int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "clean";
     setvbuf(stdout, NULL, _IONBF, 0);   /* the block's address out before the bug */
-    if (strcmp(mode, "uaf") == 0) {
-        char *p = memalloc_malloc(100);
+    bool std = strcmp(mode, "std-uaf") == 0;
+    if (std || strcmp(mode, "uaf") == 0) {
+        /* volatile: the compiler's use-after-free warning on malloc/free */
+        char *volatile p = std ? malloc(100) : memalloc_malloc(100);
         memset(p, 7, 100);
         printf("block %p\n", (void *)p);
-        memalloc_free(p);
-        printf("read %d\n", ((volatile char *)p)[8]);
-        return 0;
-    }
-    if (strcmp(mode, "std-uaf") == 0) {
-        char *volatile p = malloc(100);     /* volatile: the compiler's use-after-free warning */
-        memset(p, 7, 100);
-        printf("block %p\n", (void *)p);
-        free(p);
+        if (std)
+            free(p);
+        else
+            memalloc_free(p);
         printf("read %d\n", ((volatile char *)p)[8]);
         return 0;
     }
