@@ -207,7 +207,9 @@ static inline uint64_t canary_of(const void *p)
     return x ^ (x >> 29);
 }
 
-unsigned harden_class(size_t n, size_t align)
+/* The class for n bytes at alignment align, or NUM_CLASSES when it takes a
+ * large block. */
+static unsigned harden_class(size_t n, size_t align)
 {
     if (n > SMALL_MAX || align > CLASS_ALIGN_MAX)
         return NUM_CLASSES;
@@ -255,9 +257,10 @@ static inline bool live_flip(struct chunk *c, size_t idx, bool set)
 /* Is the block all zeroes from its third word on?  Blocks are 16-aligned,
  * their sizes multiples of 16.  Small ones are ORed 16 bytes at a time
  * (vector registers on x86-64 and aarch64 alike).  Big ones, on x86-64
- * with AVX2, are ORed 32 bytes a load, four loads an iteration: half the
- * time of libc's memcmp against a page of zeroes, which reads two streams
- * (bench/MECHANISMS.md); elsewhere that memcmp, the machine's widest. */
+ * with AVX2, are ORed 32 bytes a load, four loads an iteration: one stream
+ * where libc's memcmp against a page of zeroes reads two (bench/
+ * MECHANISMS.md has the A/B run); elsewhere that memcmp, the machine's
+ * widest. */
 typedef uint64_t vec16 __attribute__((vector_size(16), may_alias));
 static const char zero_page[4096];
 

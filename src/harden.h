@@ -26,9 +26,6 @@ HIDDEN void harden_init(void);
 HIDDEN void harden_fork_prepare(void);      /* the quarantine's lock, for fork */
 HIDDEN void harden_fork_parent(void);
 HIDDEN void harden_fork_child(void);
-/* The class for n bytes at alignment align (both in hardened mode), or
- * NUM_CLASSES when it takes a large block. */
-HIDDEN unsigned harden_class(size_t n, size_t align);
 /* Any request (align a power of two, at least ALIGNMENT): a block that
  * reads zero, or NULL with errno ENOMEM. */
 HIDDEN void *harden_malloc(size_t n, size_t align);

@@ -192,8 +192,6 @@ static void warn_sbrk_failed(uintptr_t at)
     message(buf);
 }
 
-/* Extend the top segment by `bytes` in place.  Only when the break is still
- * where we left it: otherwise the memory above `end` is someone else's. */
 /* New memory from the break is readable and writable, except where
  * valgrind's brk hands it out with the protection of the pages below it:
  * a hardened large block's guard pages may end at the break. */
@@ -203,6 +201,8 @@ static void break_grown(void *from, size_t bytes)
         os_protect(from, bytes, true);
 }
 
+/* Extend the top segment by `bytes` in place.  Only when the break is still
+ * where we left it: otherwise the memory above `end` is someone else's. */
 static bool extend_top(size_t bytes)
 {
     if (!H.top || raw_break() != (void *)H.end)
