@@ -116,14 +116,9 @@ static NOINLINE void *alloc_slow(size_t n, size_t *dirty)
     return malloc_large(n, ALIGNMENT, dirty);
 }
 
-static NOINLINE void *malloc_slow(size_t n)
+/* The default mode's malloc past its hot path. */
+static NOINLINE void *malloc_miss(size_t n)
 {
-    /* Every malloc of a hardened process comes here.  Initialised first:
-     * the first options_load turns the mode on before the classes and the
-     * secrets are set up, and another thread may be doing that now. */
-    ensure_init();
-    if (unlikely(hardened()))
-        return harden_malloc(n, ALIGNMENT);
     /* A small block above the table's reach: its bin before anything else
      * (the class by formula), so that these classes are cached too. */
     if (n > TC_MAX_SIZE && n <= SMALL_MAX) {
@@ -136,6 +131,18 @@ static NOINLINE void *malloc_slow(size_t n)
     if (p)
         junk_fill(p, n);
     return p;
+}
+
+/* Every malloc of a hardened process comes here, and goes on in two tail
+ * calls.  Initialised first: the first options_load turns the mode on
+ * before the classes and the secrets are set up, and another thread may be
+ * doing that now. */
+static NOINLINE void *malloc_slow(size_t n)
+{
+    ensure_init();
+    if (unlikely(hardened()))
+        return harden_malloc(n, ALIGNMENT);
+    return malloc_miss(n);
 }
 
 /* ---- hot path: malloc that hits this thread's cache ------------------------- */
@@ -165,7 +172,7 @@ TRACKED_EXPORT void *TRACKED(memalloc_calloc)(size_t nmemb, size_t size)
 
 /* ---- free ------------------------------------------------------------------ */
 
-static NOINLINE void free_checked(void *p, const char *func)
+static void free_checked(void *p, const char *func)
 {
     void *meta;
     switch (ptr_lookup(p, &meta)) {
@@ -192,16 +199,22 @@ static NOINLINE void free_checked(void *p, const char *func)
     fatal_pointer(func, "invalid pointer", p);
 }
 
+static NOINLINE void free_keeping_errno(void *p, const char *func)
+{
+    int saved = errno;
+    free_checked(p, func);
+    errno = saved;
+}
+
+/* Two tail calls: the hardened mode's every free comes here. */
 static NOINLINE void free_slow(void *p, const char *func)
 {
     if (!p)
         return;
-    int saved = errno;
     if (unlikely(hardened()))
-        harden_free(p, func);
+        harden_free(p, func);       /* keeps errno itself, where it may change */
     else
-        free_checked(p, func);
-    errno = saved;
+        free_keeping_errno(p, func);
 }
 
 static inline __attribute__((always_inline)) void free_any(void *p, const char *func)

@@ -46,14 +46,17 @@ static bool have_avx2;              /* the zero check's widest loads (harden_ini
  * first hardened free and given back at its exit, when the blocks still in
  * it go straight to the cache or their chunks (each is checked again when
  * it is handed out).  Initial-exec TLS, as tcache.c's: no allocation. */
+struct q_entry {
+    void *p;
+    uint32_t size, cls;             /* so that leaving needs no class table */
+};
+
 struct quarantine {
     uint32_t head, count, mask;     /* next slot to fill; slots in use; capacity - 1 */
-    uint32_t frees;                 /* purge_maybe every PURGE_EVERY frees */
     size_t bytes;
-    void **p;                       /* the blocks, oldest at head - count */
-    uint8_t *cls;                   /* and their classes */
+    size_t max_blocks, max_bytes;   /* the options (set once, at start-up) */
+    struct q_entry *e;              /* the blocks, oldest at head - count */
 };
-#define PURGE_EVERY 8               /* purge_maybe reads the clock */
 
 enum { Q_NONE, Q_MAKING, Q_LIVE, Q_DEAD };
 static __thread struct quarantine *q_mine __attribute__((tls_model("initial-exec")));
@@ -67,31 +70,59 @@ static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
 /* A block out of the quarantine (or past it) into this thread's cache, or
  * its chunk when the thread has no cache.  Its first two words are checked
  * here, before a cache writes its link and key there: the rest is checked
- * when it is handed out. */
-static void release(void *p, unsigned cls)
+ * when it is handed out.  Like every path of harden_free that may make a
+ * system call (the common ones make none), the slow one keeps errno. */
+static NOINLINE void release_slow(struct tcache *t, void *p)
 {
-    void **w = p, *meta;
-    if (unlikely(w[0] || w[1]))
-        fatal_pointer("free", "write after free into", p);
-    struct tcache *t = tcache_current();
-    if (likely(t && t->bins[cls].count < t->bins[cls].max)) {
-        tbin_push(&t->bins[cls], p);
-        return;
-    }
+    void *meta;
     if (ptr_lookup(p, &meta) != PTR_SMALL)
         return;                     /* cannot happen: it was vouched for at free */
+    int saved = errno;
     if (t)
         tcache_free_slow(t, meta, p, "free");       /* makes room in the bin */
     else
         chunk_free(meta, p, "free");
+    errno = saved;
+}
+
+static inline void release(void *p, unsigned cls)
+{
+    void **w = p;
+    if (unlikely(w[0] || w[1]))
+        fatal_pointer("free", "write after free into", p);
+    struct tcache *t = tcache_current();
+    if (likely(t && t->bins[cls].count < t->bins[cls].max))
+        tbin_push(&t->bins[cls], p);
+    else
+        release_slow(t, p);
+}
+
+static void purge_keeping_errno(void)
+{
+    int saved = errno;
+    purge_maybe();
+    errno = saved;
+}
+
+/* The oldest entry out of the ring, which is left consistent: its release
+ * may come back into it. */
+static inline struct q_entry q_take_oldest(struct quarantine *q)
+{
+    struct q_entry e = q->e[(q->head - q->count) & q->mask];
+    q->count--;
+    q->bytes -= e.size;
+    return e;
+}
+
+static inline bool q_over(const struct quarantine *q)
+{
+    return q->count > q->max_blocks || q->bytes > q->max_bytes;
 }
 
 static void q_pop_oldest(struct quarantine *q)
 {
-    uint32_t i = (q->head - q->count) & q->mask;
-    q->count--;
-    q->bytes -= memalloc_classes[q->cls[i]].size;
-    release(q->p[i], q->cls[i]);
+    struct q_entry e = q_take_oldest(q);
+    release(e.p, e.cls);
 }
 
 static void q_drain(struct quarantine *q)
@@ -122,10 +153,10 @@ static NOINLINE struct quarantine *q_make(void)
     if (q_state != Q_NONE || !q_key_ok)
         return NULL;
     q_state = Q_MAKING;             /* pthread_setspecific may allocate */
-    uint32_t cap = 1;
-    while (cap < (uint32_t)option(OPT_QUARANTINE_BLOCKS))
+    uint32_t cap = 1;               /* a block more: q_push pops after it pushes */
+    while (cap <= (uint32_t)option(OPT_QUARANTINE_BLOCKS))
         cap *= 2;
-    size_t bytes = sizeof(struct quarantine) + (size_t)cap * (sizeof(void *) + 1);
+    size_t bytes = sizeof(struct quarantine) + (size_t)cap * sizeof(struct q_entry);
     bool zeroed;
     size_t dirty;
     struct quarantine *q = bytes <= SMALL_MAX ? chunk_alloc(size_to_class(bytes), &zeroed)
@@ -134,8 +165,9 @@ static NOINLINE struct quarantine *q_make(void)
         q_state = Q_NONE;
         return NULL;
     }
-    *q = (struct quarantine){ .mask = cap - 1, .p = (void **)(q + 1) };
-    q->cls = (uint8_t *)(q->p + cap);
+    *q = (struct quarantine){ .mask = cap - 1, .e = (struct q_entry *)(q + 1),
+                              .max_blocks = (size_t)option(OPT_QUARANTINE_BLOCKS),
+                              .max_bytes = (size_t)option(OPT_QUARANTINE_BYTES) };
     if (pthread_setspecific(q_key, q) != 0) {
         q_exit(q);                  /* and no quarantine for this thread */
         return NULL;
@@ -145,30 +177,57 @@ static NOINLINE struct quarantine *q_make(void)
     return q;
 }
 
-/* A freed, zeroed block of class cls into this thread's ring, and the
- * oldest out while the ring holds more than its bounds allow. */
-static void q_push(void *p, unsigned cls)
+/* A free whose block is to leave the ring with more still over its
+ * bounds: a big block pushed out several small ones. */
+static NOINLINE void q_shed(struct quarantine *q, struct q_entry e)
 {
-    struct quarantine *q = q_mine;
-    size_t size = memalloc_classes[cls].size;
-    size_t max_blocks = (size_t)option(OPT_QUARANTINE_BLOCKS);
-    size_t max_bytes = (size_t)option(OPT_QUARANTINE_BYTES);
-    if (unlikely(!q) && (max_blocks == 0 || size > max_bytes || !(q = q_make()))) {
-        release(p, cls);            /* no quarantine */
-        purge_maybe();
+    release(e.p, e.cls);
+    while (q_over(q))
+        q_pop_oldest(q);
+}
+
+/* This thread's first hardened free, or a free without a quarantine (its
+ * bounds are 0, the block is too big for them, the thread is exiting):
+ * the ring made and p put in it, or p released at once. */
+static NOINLINE void q_first(void *p, unsigned cls, size_t size)
+{
+    int saved = errno;              /* q_make may fail */
+    struct quarantine *q = option(OPT_QUARANTINE_BLOCKS) == 0 ||
+        size > (size_t)option(OPT_QUARANTINE_BYTES) ? NULL : q_make();
+    errno = saved;
+    if (!q) {
+        release(p, cls);
+        purge_keeping_errno();
         return;
     }
-    while (q->count >= max_blocks)  /* >=: a release may free into the ring */
-        q_pop_oldest(q);
-    q->p[q->head] = p;
-    q->cls[q->head] = (uint8_t)cls;
+    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
     q->head = (q->head + 1) & q->mask;
     q->count++;
     q->bytes += size;
-    while (unlikely(q->bytes > max_bytes))
-        q_pop_oldest(q);
-    if (unlikely(++q->frees % PURGE_EVERY == 0))
-        purge_maybe();
+}
+
+/* A freed, zeroed block of class cls into this thread's ring, and the
+ * oldest out when that puts the ring over its bounds (in steady state,
+ * every time).  Pushing first leaves the release last, so that the common
+ * case makes no call and its caller saves few registers. */
+static inline void q_push(void *p, unsigned cls, size_t size)
+{
+    struct quarantine *q = q_mine;
+    if (unlikely(!q)) {
+        q_first(p, cls, size);
+        return;
+    }
+    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
+    q->head = (q->head + 1) & q->mask;
+    q->count++;
+    q->bytes += size;
+    if (q_over(q)) {
+        struct q_entry e = q_take_oldest(q);
+        if (unlikely(q_over(q)))
+            q_shed(q, e);
+        else
+            release(e.p, e.cls);
+    }
 }
 
 /* malloc(0)'s slots (see zero_alloc), under q_lock. */
@@ -315,36 +374,76 @@ static bool zero_past_links(const char *p, size_t size)
     return (any[0] | any[1]) == 0;
 }
 
-/* A block of class cls, zeroed, canary written, live bit set. */
-static void *small_alloc(unsigned cls)
+/* ---- handing out ------------------------------------------------------------------- */
+
+/* The last steps of handing out p, a block of chunk c whose contents are
+ * vouched for: its links cleared, its live bit set, its canary written. */
+static inline void *hand_over(void **p, struct chunk *c, size_t idx, size_t size)
 {
-    struct tcache *t = tcache_current();
-    bool zeroed = true;
-    void **p;
-    if (likely(t) || (t = tcache_create())) {
-        p = t->bins[cls].head;
-        /* A cached block carries the free key, which tcache_pop clears. */
-        if (p && unlikely(p[1] != (void *)memalloc_free_key))
-            fatal_pointer("malloc", "write after free into", p);
-        p = p ? tcache_pop(t, cls) : tcache_refill(t, cls);
-    } else {
-        p = chunk_alloc(cls, &zeroed);
-    }
-    if (unlikely(!p))
-        return NULL;
-    size_t size = memalloc_classes[cls].size;
-    if (unlikely(!zeroed))          /* never handed out, on memory that held data */
-        memset(p, 0, size);
-    else if (unlikely(!zero_past_links((const char *)p, size)))
-        fatal_pointer("malloc", "write after free into", p);
     p[0] = p[1] = NULL;
-    void *meta = NULL;
-    if (unlikely(ptr_lookup(p, &meta) != PTR_SMALL ||
-                 live_flip(meta, block_index(meta, p, "malloc"), true)))
+    if (unlikely(live_flip(c, idx, true)))
         fatal_pointer("malloc", "corrupted heap metadata at", p);
     uint64_t canary = canary_of(p);
     memcpy((char *)p + size - CANARY, &canary, CANARY);
     return p;
+}
+
+static NOINLINE void *hand_out_big(void **p, struct chunk *c, size_t idx, size_t size,
+                                   bool check)
+{
+    if (check && unlikely(!zero_past_links((const char *)p, size)))
+        fatal_pointer("malloc", "write after free into", p);
+    return hand_over(p, c, idx, size);
+}
+
+/* p, just taken from a bin or from its class, to the program, checked to
+ * read zero past its links unless it was zeroed just now.  The common
+ * case makes no call (blocks over 256 bytes go on in hand_out_big), so
+ * that it saves few registers. */
+static inline void *hand_out(void **p, bool check)
+{
+    /* p's link was checked (link_next) or the class handed it out, so it
+     * lies in the heap: the unit map alone finds its chunk. */
+    size_t u = unit_index((uintptr_t)p);
+    uint8_t m = likely(u < MAP_UNITS) ? memalloc_unit_map[u] : 0;
+    if (unlikely(!(m & MAP_SMALL)))
+        fatal_pointer("malloc", "corrupted heap metadata at", p);
+    struct chunk *c = (struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
+    size_t idx = block_index(c, p, "malloc"), size = c->size;
+    if (size > 256)
+        return hand_out_big(p, c, idx, size, check);
+    if (check && unlikely(!zero_past_links((const char *)p, size)))
+        fatal_pointer("malloc", "write after free into", p);
+    return hand_over(p, c, idx, size);
+}
+
+/* small_alloc's slow half: no cache yet, or an empty bin. */
+static NOINLINE void *small_alloc_slow(struct tcache *t, unsigned cls)
+{
+    bool zeroed = true;
+    void **p = t || (t = tcache_create()) ? tcache_refill(t, cls) : chunk_alloc(cls, &zeroed);
+    if (unlikely(!p)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (!zeroed)                    /* never handed out, on memory that held data */
+        memset(p, 0, memalloc_classes[cls].size);
+    return hand_out(p, zeroed);
+}
+
+/* A block of class cls, zeroed, canary written, live bit set; or NULL
+ * with errno ENOMEM. */
+static inline void *small_alloc(unsigned cls)
+{
+    struct tcache *t = tcache_current();
+    void **p = t ? t->bins[cls].head : NULL;
+    if (unlikely(p == NULL))
+        return small_alloc_slow(t, cls);
+    /* A cached block carries the free key, which tcache_pop clears. */
+    if (unlikely(p[1] != (void *)memalloc_free_key))
+        fatal_pointer("malloc", "write after free into", p);
+    tcache_pop(t, cls);
+    return hand_out(p, true);
 }
 
 static inline bool is_free_call(const char *func)
@@ -368,6 +467,27 @@ size_t harden_small_check(struct chunk *c, const void *p, const char *func)
     return c->size - CANARY;
 }
 
+/* Blocks of up to 256 bytes are zeroed 16 bytes a store, inline: most
+ * frees are of those, and a call to libc's memset would make the common
+ * path save registers.  The empty asm keeps the compiler from making the
+ * loop that call. */
+static inline void zero_small(void *p, size_t size)
+{
+    vec16 *v = p;
+    for (size_t i = 0; i < size / 16; i++) {
+        v[i] = (vec16){ 0, 0 };
+        __asm__("" : : "r"(v) : "memory");
+    }
+}
+
+static NOINLINE void small_free_big(void *p, unsigned cls, size_t size)
+{
+    memset(p, 0, size);
+    q_push(p, cls, size);
+}
+
+/* Blocks over 256 bytes go on in small_free_big, so that the common case
+ * makes no call. */
 static void small_free(struct chunk *c, void *p, const char *func)
 {
     /* The flip decides between two threads freeing p at once. */
@@ -375,8 +495,12 @@ static void small_free(struct chunk *c, void *p, const char *func)
         fatal_pointer(func, "double free", p);
     size_t size = c->size;
     canary_check(p, size, func);
-    memset(p, 0, size);
-    q_push(p, c->cls);
+    if (size > 256) {
+        small_free_big(p, c->cls, size);
+        return;
+    }
+    zero_small(p, size);
+    q_push(p, c->cls, size);
 }
 
 /* ---- large blocks ------------------------------------------------------------------ */
@@ -528,48 +652,53 @@ bool harden_zero_owns(const void *p, bool free, const char *func)
 
 /* ---- the entry points ------------------------------------------------------------ */
 
+/* Any request but a small one of the usual alignment. */
+static NOINLINE void *malloc_other(size_t n, size_t align)
+{
+    void *p;
+    if (n == 0 && align <= ALIGNMENT && (p = zero_alloc()))
+        return p;
+    unsigned cls = harden_class(n, align);
+    if (cls == NUM_CLASSES) {
+        if (align > (size_t)PTRDIFF_MAX / 2 || n > (size_t)PTRDIFF_MAX) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        size_t dirty;
+        return large_alloc_guarded(n, align, &dirty);
+    }
+    return small_alloc(cls);
+}
+
+/* The common case apart, so that it saves few registers. */
 void *harden_malloc(size_t n, size_t align)
 {
-    unsigned cls;
-    void *p;
-    if (likely(align <= ALIGNMENT && n - 1 < CLASS_TABLE_MAX - CANARY)) {
-        cls = size_to_class(n + CANARY);            /* the common case: the table */
-    } else {
-        if (n == 0 && align <= ALIGNMENT && (p = zero_alloc()))
-            return p;
-        cls = harden_class(n, align);
-        if (cls == NUM_CLASSES) {
-            if (align > (size_t)PTRDIFF_MAX / 2 || n > (size_t)PTRDIFF_MAX) {
-                errno = ENOMEM;
-                return NULL;
-            }
-            size_t dirty;
-            return large_alloc_guarded(n, align, &dirty);
-        }
+    if (unlikely(align > ALIGNMENT || n - 1 >= CLASS_TABLE_MAX - CANARY))
+        return malloc_other(n, align);
+    return small_alloc(size_to_class(n + CANARY));          /* the table */
+}
+
+/* A large block or a malloc(0) slot, or no block at all. */
+static NOINLINE void free_other(void *p, enum ptr_kind kind, void *meta, const char *func)
+{
+    int saved = errno;
+    if (kind == PTR_LARGE) {
+        large_free_checked(meta, p, func);
+        purge_maybe();
+    } else if (!harden_zero_owns(p, true, func)) {
+        fatal_pointer(func, "invalid pointer", p);
     }
-    p = small_alloc(cls);
-    if (unlikely(!p))
-        errno = ENOMEM;
-    return p;
+    errno = saved;
 }
 
 void harden_free(void *p, const char *func)
 {
-    void *meta;
-    switch (ptr_lookup(p, &meta)) {
-    case PTR_SMALL:
-        small_free(meta, p, func);
-        return;
-    case PTR_LARGE:
-        large_free_checked(meta, p, func);
-        purge_maybe();
-        return;
-    case PTR_BAD:
-        if (harden_zero_owns(p, true, func))
-            return;
-        break;
-    }
-    fatal_pointer(func, "invalid pointer", p);
+    void *meta = NULL;
+    enum ptr_kind kind = ptr_lookup(p, &meta);
+    if (unlikely(kind != PTR_SMALL))
+        free_other(p, kind, meta, func);
+    else
+        small_free(meta, p, func);  /* keeps errno where it may change */
 }
 
 /* malloc_trim: this thread's quarantined blocks back to its cache (api.c

@@ -30,7 +30,7 @@ HIDDEN void harden_fork_child(void);
  * reads zero, or NULL with errno ENOMEM. */
 HIDDEN void *harden_malloc(size_t n, size_t align);
 /* Every free of a hardened process (p not NULL): checked, zeroed,
- * quarantined; misuse stops the process naming func. */
+ * quarantined; misuse stops the process naming func.  errno is kept. */
 HIDDEN void harden_free(void *p, const char *func);
 /* The usable size of p, a small block of chunk c / a large block b / a
  * malloc(0) slot (then true), once it is vouched for: in use, canary or

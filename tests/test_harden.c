@@ -6,16 +6,19 @@
  * by 1 and by 8 bytes past its usable size (caught at free, realloc and
  * malloc_usable_size), a double free after the program wrote over the
  * freed block, a plain double free, a write into a freed block at its
- * start, middle or last byte (caught when the block is handed out again); for large blocks an overflow
+ * start, middle or last byte (caught when the block is handed out again,
+ * from the cache or, after malloc_trim, from its chunk); for large blocks an overflow
  * within the last page (caught at free) and a double free, and, killed by
  * SIGSEGV at the access itself, an overflow into the guard page, a read or
  * a write after free; through malloc(0), any access (SIGSEGV) and a double
  * free.  Alongside: freed blocks read as
  * zeroes, fresh blocks read as zeroes even where the memory held data,
  * writes up to the usable size are fine, alignment holds, malloc_trim
- * empties the quarantine, and a thread's quarantine goes back at its exit.
+ * empties the quarantine, free leaves errno alone, and a thread's
+ * quarantine goes back at its exit.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -31,6 +34,7 @@
 enum misuse { OVF1_FREE, OVF8_FREE, OVF1_REALLOC, OVF1_USABLE, OVF_ALIGNED,
               DOUBLE_FREE, DOUBLE_FREE_WRITTEN, DOUBLE_FREE_REUSED_NEIGHBOUR,
               WRITE_AFTER_FREE, WRITE_AFTER_FREE_MID, WRITE_AFTER_FREE_LAST,
+              WRITE_AFTER_FREE_CHUNK,
               /* large blocks */
               LARGE_OVF_TAIL, LARGE_OVF_GUARD, LARGE_READ_AFTER_FREE, LARGE_WRITE_AFTER_FREE,
               LARGE_DOUBLE_FREE,
@@ -52,6 +56,8 @@ static const struct { const char *name, *func, *kind; } cases[] = {
     [WRITE_AFTER_FREE_MID] = {"write after free into the middle", "malloc()", "write after free"},
     [WRITE_AFTER_FREE_LAST] = {"write after free into the last byte", "malloc()",
                                "write after free"},
+    [WRITE_AFTER_FREE_CHUNK] = {"write after free, the block back in its chunk", "malloc()",
+                                "write after free"},
     /* A NULL func: the access itself must fault (SIGSEGV), no message. */
     [LARGE_OVF_TAIL] = {"large block overflowed within its last page", "free()", "overflow"},
     [LARGE_OVF_GUARD] = {"large block overflowed into its guard page", NULL, NULL},
@@ -145,6 +151,21 @@ static void misuse(int which, void *arg)
             memalloc_free(q);
         }
         break;
+    case WRITE_AFTER_FREE_CHUNK: {
+        /* malloc_trim sends p back to its chunk (out of the quarantine and
+         * the cache, its page perhaps given back); a batch then takes it
+         * out again, which must not pass it for a block never handed out.
+         * The blocks taken are kept: the child dies. */
+        memalloc_free(p);
+        memalloc_malloc_trim(0);
+        p[20] = 1;
+        size_t count = n <= 4096 ? 8192 : ((size_t)16 << 20) / n;
+        for (size_t i = 0; i < count; i++) {
+            void *volatile q = memalloc_malloc(n);
+            (void)q;
+        }
+        break;
+    }
     }
     (void)keep;
 }
@@ -277,6 +298,38 @@ static void test_quarantine_trim(void)
     CHECK(after <= before, "malloc_trim left %zu bytes in use, %zu before", after, before);
 }
 
+/* free leaves errno alone, for every kind of block, on a thread's first
+ * free (which makes its quarantine) as on later ones, and on frees that
+ * push many blocks out of the quarantine. */
+static void *errno_main(void *arg)
+{
+    (void)arg;
+    static const size_t sizes[] = {24, 300, 4096, 100000, 600000, 0};
+    for (int round = 0; round < 3; round++)
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            void *p = memalloc_malloc(sizes[k]);
+            errno = 4242;
+            memalloc_free(p);
+            CHECK(errno == 4242, "free of a %zu-byte block set errno to %d", sizes[k], errno);
+        }
+    void *v[3000];
+    for (int i = 0; i < 3000; i++)
+        v[i] = memalloc_malloc(48);
+    errno = 4343;
+    for (int i = 0; i < 3000; i++)
+        memalloc_free(v[i]);
+    CHECK(errno == 4343, "3000 frees set errno to %d", errno);
+    return NULL;
+}
+
+static void test_errno(void)
+{
+    pthread_t t;
+    errno_main(NULL);
+    CHECK(pthread_create(&t, NULL, errno_main, NULL) == 0, "pthread_create");
+    pthread_join(t, NULL);
+}
+
 /* Each thread's quarantine is its own and goes back when the thread
  * exits: blocks freed by threads (their own and the main thread's) are
  * not held once the threads are joined. */
@@ -357,7 +410,7 @@ int main(int argc, char **argv)
         return check_report("test_harden");
     }
     static const size_t sizes[] = {24, 100, 4096, 20000, 100000};
-    for (int which = OVF1_FREE; which <= WRITE_AFTER_FREE_LAST; which++)
+    for (int which = OVF1_FREE; which <= WRITE_AFTER_FREE_CHUNK; which++)
         for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
             run_case(which, sizes[k]);
     for (mid_lane = 1; mid_lane < 4; mid_lane++)        /* lane 0 ran above */
@@ -374,6 +427,7 @@ int main(int argc, char **argv)
     test_zeroes();
     test_alignment();
     test_quarantine_trim();
+    test_errno();
     test_threads();
     return check_report("test_harden");
 }
