@@ -407,7 +407,9 @@ EXPORT int memalloc_mallopt(int param, int value)
         option_set(OPT_RETAIN_MAX, 0);
         return 1;
     case M_PERTURB:
-        if (!TRACKING)              /* options.c says why */
+        /* Not in memcheck and ASan builds (options.c says why), nor in the
+         * hardened mode, whose freed blocks must stay zero. */
+        if (!TRACKING && !hardened())
             option_set(OPT_PERTURB, value & 0xff);
         return 1;
     case M_MXFAST: case M_MMAP_THRESHOLD: case M_MMAP_MAX: case M_CHECK_ACTION:

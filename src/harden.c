@@ -67,11 +67,9 @@ static bool q_key_ok;
 /* Large blocks' quarantine and malloc(0)'s slots, shared by every thread. */
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* A block out of the quarantine (or past it) into this thread's cache, or
- * its chunk when the thread has no cache.  Its first two words are checked
- * here, before a cache writes its link and key there: the rest is checked
- * when it is handed out.  Like every path of harden_free that may make a
- * system call (the common ones make none), the slow one keeps errno. */
+/* release's slow half: the bin is full, or the thread has no cache.  Like
+ * every path of harden_free that may make a system call (the common ones
+ * make none), it keeps errno. */
 static NOINLINE void release_slow(struct tcache *t, void *p)
 {
     void *meta;
@@ -85,6 +83,10 @@ static NOINLINE void release_slow(struct tcache *t, void *p)
     errno = saved;
 }
 
+/* A block out of the quarantine (or past it) into this thread's cache, or
+ * its chunk when the thread has no cache.  Its first two words are checked
+ * here, before a cache writes its link and key there: the rest is checked
+ * when it is handed out. */
 static inline void release(void *p, unsigned cls)
 {
     void **w = p;
@@ -187,8 +189,9 @@ static NOINLINE void q_shed(struct quarantine *q, struct q_entry e)
 }
 
 /* This thread's first hardened free, or a free without a quarantine (its
- * bounds are 0, the block is too big for them, the thread is exiting):
- * the ring made and p put in it, or p released at once. */
+ * bounds are 0, the block is too big for them, the thread is exiting, or
+ * the ring could not be made, which is tried again at the next free): the
+ * ring made and p put in it, or p released at once. */
 static NOINLINE void q_first(void *p, unsigned cls, size_t size)
 {
     int saved = errno;              /* q_make may fail */
@@ -287,7 +290,8 @@ static unsigned harden_class(size_t n, size_t align)
 
 /* The number of p in chunk c, when p is a block that was ever handed out;
  * anything else stops the process, chunk.c naming what it is. */
-static size_t block_index(struct chunk *c, const void *p, const char *func)
+static inline __attribute__((always_inline)) size_t block_index(struct chunk *c, const void *p,
+                                                                 const char *func)
 {
     uint64_t idx = block_number(c, (uintptr_t)p - c->blocks);
     if (likely(c->s.kind == SPAN_CHUNK && idx < __atomic_load_n(&c->carved, __ATOMIC_RELAXED)))
@@ -358,20 +362,24 @@ __attribute__((target("avx2"))) static bool zero_by_avx2(const char *p, size_t s
 }
 #endif
 
-static bool zero_past_links(const char *p, size_t size)
+/* Blocks of up to 256 bytes, inline: 16 bytes a load. */
+static inline __attribute__((always_inline)) bool zero_small_past_links(const char *p,
+                                                                        size_t size)
 {
-    if (size > 256) {
-#if defined(__x86_64__)
-        if (have_avx2)
-            return zero_by_avx2(p, size);
-#endif
-        return zero_by_memcmp(p, size);
-    }
     const vec16 *v = (const vec16 *)p;
     vec16 any = { 0, 0 };
     for (size_t i = 1; i < size / 16; i++)
         any |= v[i];
     return (any[0] | any[1]) == 0;
+}
+
+static bool zero_big_past_links(const char *p, size_t size)
+{
+#if defined(__x86_64__)
+    if (have_avx2)
+        return zero_by_avx2(p, size);
+#endif
+    return zero_by_memcmp(p, size);
 }
 
 /* ---- handing out ------------------------------------------------------------------- */
@@ -391,7 +399,7 @@ static inline void *hand_over(void **p, struct chunk *c, size_t idx, size_t size
 static NOINLINE void *hand_out_big(void **p, struct chunk *c, size_t idx, size_t size,
                                    bool check)
 {
-    if (check && unlikely(!zero_past_links((const char *)p, size)))
+    if (check && unlikely(!zero_big_past_links((const char *)p, size)))
         fatal_pointer("malloc", "write after free into", p);
     return hand_over(p, c, idx, size);
 }
@@ -400,19 +408,22 @@ static NOINLINE void *hand_out_big(void **p, struct chunk *c, size_t idx, size_t
  * read zero past its links unless it was zeroed just now.  The common
  * case makes no call (blocks over 256 bytes go on in hand_out_big), so
  * that it saves few registers. */
-static inline void *hand_out(void **p, bool check)
+static inline __attribute__((always_inline)) void *hand_out(void **p, unsigned cls, bool check)
 {
-    /* p's link was checked (link_next) or the class handed it out, so it
-     * lies in the heap: the unit map alone finds its chunk. */
+    /* p came from a bin or from its class: the unit map alone finds its
+     * chunk.  A link overwritten to point elsewhere fails the range test,
+     * the map, the block number (block_index) or the class. */
     size_t u = unit_index((uintptr_t)p);
     uint8_t m = likely(u < MAP_UNITS) ? memalloc_unit_map[u] : 0;
     if (unlikely(!(m & MAP_SMALL)))
         fatal_pointer("malloc", "corrupted heap metadata at", p);
     struct chunk *c = (struct chunk *)unit_addr(u - (m & MAP_SMALL_MAX_K));
+    if (unlikely(c->cls != cls))
+        fatal_pointer("malloc", "corrupted heap metadata at", p);
     size_t idx = block_index(c, p, "malloc"), size = c->size;
     if (size > 256)
         return hand_out_big(p, c, idx, size, check);
-    if (check && unlikely(!zero_past_links((const char *)p, size)))
+    if (check && unlikely(!zero_small_past_links((const char *)p, size)))
         fatal_pointer("malloc", "write after free into", p);
     return hand_over(p, c, idx, size);
 }
@@ -428,7 +439,7 @@ static NOINLINE void *small_alloc_slow(struct tcache *t, unsigned cls)
     }
     if (!zeroed)                    /* never handed out, on memory that held data */
         memset(p, 0, memalloc_classes[cls].size);
-    return hand_out(p, zeroed);
+    return hand_out(p, cls, zeroed);
 }
 
 /* A block of class cls, zeroed, canary written, live bit set; or NULL
@@ -443,7 +454,7 @@ static inline void *small_alloc(unsigned cls)
     if (unlikely(p[1] != (void *)memalloc_free_key))
         fatal_pointer("malloc", "write after free into", p);
     tcache_pop(t, cls);
-    return hand_out(p, true);
+    return hand_out(p, cls, true);
 }
 
 static inline bool is_free_call(const char *func)

@@ -14,18 +14,21 @@
  * free.  Alongside: freed blocks read as
  * zeroes, fresh blocks read as zeroes even where the memory held data,
  * writes up to the usable size are fine, alignment holds, malloc_trim
- * empties the quarantine, free leaves errno alone, and a thread's
- * quarantine goes back at its exit.
+ * empties the quarantine, free leaves errno alone, M_PERTURB changes
+ * nothing, and a thread's quarantine goes back at its exit.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "memalloc.h"
@@ -298,6 +301,35 @@ static void test_quarantine_trim(void)
     CHECK(after <= before, "malloc_trim left %zu bytes in use, %zu before", after, before);
 }
 
+/* While test_errno runs, the system calls a free may make (a purge's
+ * madvise, a large block's mprotect, the clock) succeed and then set
+ * errno, as any libc function may: free must not let it show.  Defined
+ * here, they stand in for libc's in memalloc too. */
+static volatile int clobber_errno;
+int madvise(void *addr, size_t len, int advice)
+{
+    long r = syscall(SYS_madvise, addr, len, advice);
+    if (clobber_errno)
+        errno = 7777;
+    return (int)r;
+}
+
+int mprotect(void *addr, size_t len, int prot)
+{
+    long r = syscall(SYS_mprotect, addr, len, prot);
+    if (clobber_errno)
+        errno = 7777;
+    return (int)r;
+}
+
+int clock_gettime(clockid_t clock, struct timespec *ts)
+{
+    long r = syscall(SYS_clock_gettime, clock, ts);
+    if (clobber_errno)
+        errno = 7777;
+    return (int)r;
+}
+
 /* free leaves errno alone, for every kind of block, on a thread's first
  * free (which makes its quarantine) as on later ones, and on frees that
  * push many blocks out of the quarantine. */
@@ -325,9 +357,29 @@ static void *errno_main(void *arg)
 static void test_errno(void)
 {
     pthread_t t;
+    clobber_errno = 1;
     errno_main(NULL);
     CHECK(pthread_create(&t, NULL, errno_main, NULL) == 0, "pthread_create");
     pthread_join(t, NULL);
+    clobber_errno = 0;
+}
+
+/* mallopt(M_PERTURB) is accepted and ignored in this mode: junk in freed
+ * blocks would be taken for writes after free. */
+static void test_perturb(void)
+{
+    CHECK(memalloc_mallopt(M_PERTURB, 0x55) == 1, "mallopt(M_PERTURB) refused");
+    void *v[64];
+    for (int round = 0; round < 100; round++) {
+        for (int i = 0; i < 64; i++)
+            v[i] = memalloc_malloc(16 + 48 * (size_t)i);
+        for (int i = 0; i < 64; i++)
+            memalloc_free(v[i]);
+    }
+    unsigned char *p = memalloc_malloc(200);
+    CHECK(p && all_zero(p, 0, 200), "a block after M_PERTURB does not read zero");
+    memalloc_free(p);
+    memalloc_mallopt(M_PERTURB, 0);
 }
 
 /* Each thread's quarantine is its own and goes back when the thread
@@ -428,6 +480,7 @@ int main(int argc, char **argv)
     test_alignment();
     test_quarantine_trim();
     test_errno();
+    test_perturb();
     test_threads();
     return check_report("test_harden");
 }
