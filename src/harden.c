@@ -121,6 +121,14 @@ static inline bool q_over(const struct quarantine *q)
     return q->count > q->max_blocks || q->bytes > q->max_bytes;
 }
 
+static inline void q_store(struct quarantine *q, void *p, unsigned cls, size_t size)
+{
+    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
+    q->head = (q->head + 1) & q->mask;
+    q->count++;
+    q->bytes += size;
+}
+
 static void q_pop_oldest(struct quarantine *q)
 {
     struct q_entry e = q_take_oldest(q);
@@ -203,10 +211,7 @@ static NOINLINE void q_first(void *p, unsigned cls, size_t size)
         purge_keeping_errno();
         return;
     }
-    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
-    q->head = (q->head + 1) & q->mask;
-    q->count++;
-    q->bytes += size;
+    q_store(q, p, cls, size);
 }
 
 /* A freed, zeroed block of class cls into this thread's ring, and the
@@ -220,10 +225,7 @@ static inline void q_push(void *p, unsigned cls, size_t size)
         q_first(p, cls, size);
         return;
     }
-    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
-    q->head = (q->head + 1) & q->mask;
-    q->count++;
-    q->bytes += size;
+    q_store(q, p, cls, size);
     if (q_over(q)) {
         struct q_entry e = q_take_oldest(q);
         if (unlikely(q_over(q)))
@@ -381,8 +383,6 @@ static bool zero_big_past_links(const char *p, size_t size)
 #endif
     return zero_by_memcmp(p, size);
 }
-
-/* ---- handing out ------------------------------------------------------------------- */
 
 /* The last steps of handing out p, a block of chunk c whose contents are
  * vouched for: its links cleared, its live bit set, its canary written. */
