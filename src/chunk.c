@@ -345,7 +345,7 @@ static NOINLINE struct chunk *chunk_new(struct size_class *sc, unsigned cls)
         memset(c->used_map, 0, sizeof c->used_map);
         memset(c->purged_map, 0, sizeof c->purged_map);
         if (option(OPT_HARDEN))
-            memset(chunk_live_map(c), 0, CHUNK_LIVE_BYTES);
+            memset(chunk_live_map(c), 0, c->data_off - CHUNK_HDR_SIZE);
     }
     /* Publishing the chunk in the map last: free() trusts these bytes. */
     size_t u = unit_index((uintptr_t)c);
@@ -776,6 +776,19 @@ size_t chunk_release_spares(void)
 static size_t lowest_bit(size_t v) { return v & -v; }
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+/* Where block 0 starts (a multiple of the blocks' natural alignment) past
+ * a header of header bytes, how many units a chunk spans (room for at
+ * least CHUNK_MIN_BLOCKS blocks) and how many blocks it holds. */
+static void geometry(size_t size, size_t header, size_t natural, size_t *data_off,
+                     size_t *units, size_t *capacity)
+{
+    *data_off = round_up(header, natural < 64 ? 64 : natural);
+    *units = (*data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
+    *capacity = (*units * UNIT - *data_off) / size;
+    if (*capacity > CHUNK_MAX_BLOCKS)
+        *capacity = CHUNK_MAX_BLOCKS;
+}
+
 /* Once, from init.c, after the first options_load (a hardened mode's chunk
  * headers hold a live map too) and classes_init: each class's chunk geometry, and
  * the free key and link secret.  The key is never zero or a plausible
@@ -791,12 +804,10 @@ void chunk_init(void)
          * page) by starting the data area at a multiple of it; that is what
          * lets small aligned requests stay in the classes. */
         size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
-        size_t header = CHUNK_HDR_SIZE + (option(OPT_HARDEN) ? CHUNK_LIVE_BYTES : 0);
-        size_t data_off = round_up(header, natural < 64 ? 64 : natural);
-        size_t units = (data_off + size * CHUNK_MIN_BLOCKS + UNIT - 1) / UNIT;
-        size_t capacity = (units * UNIT - data_off) / size;
-        if (capacity > CHUNK_MAX_BLOCKS)
-            capacity = CHUNK_MAX_BLOCKS;
+        size_t data_off, units, capacity;
+        geometry(size, CHUNK_HDR_SIZE, natural, &data_off, &units, &capacity);
+        if (option(OPT_HARDEN))     /* a live byte for each block that fits without one */
+            geometry(size, CHUNK_HDR_SIZE + capacity, natural, &data_off, &units, &capacity);
         size_t align = lowest_bit(size) < lowest_bit(data_off) ? lowest_bit(size)
                                                               : lowest_bit(data_off);
         sc->units = (uint32_t)units;

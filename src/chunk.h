@@ -65,15 +65,15 @@ struct chunk {
 };
 #define CHUNK_HDR_SIZE sizeof(struct chunk)
 
-/* In hardened mode only, between the header and block 0: one bit per block,
- * set while the program holds the block (harden.c flips it atomically).  A
- * block in a thread cache or in the quarantine is in use for used_map but
- * free here, so this map, not the block, says whether a free is a double
- * free. */
-#define CHUNK_LIVE_BYTES (CHUNK_MAX_BLOCKS / 8)
-static inline uint64_t *chunk_live_map(struct chunk *c)
+/* In hardened mode only, between the header and block 0: one byte per
+ * block, 1 while the program holds the block (harden.c).  A block in a
+ * thread cache or in the quarantine is in use for used_map but free here,
+ * so this map, not the block, says whether a free is a double free.  A
+ * byte, not a bit: no other block shares it, so the thread handing a block
+ * out, which alone holds it then, sets it with a plain store. */
+static inline uint8_t *chunk_live_map(struct chunk *c)
 {
-    return (uint64_t *)((char *)c + CHUNK_HDR_SIZE);
+    return (uint8_t *)c + CHUNK_HDR_SIZE;
 }
 
 /* The number of the block that starts off bytes above block 0 of c, or,

@@ -6,9 +6,9 @@
  * at free (a read after free sees zeroes, not data or free-list words) and
  * checked to be zero still when handed out again ("write after free"); a
  * FIFO quarantine that delays their reuse; and whether a block is the
- * program's decided by its chunk's live map (chunk.h), flipped atomically
- * at hand-out and at free, never by anything the program can overwrite in
- * the block.
+ * program's decided by its chunk's live map (chunk.h), a byte a block set
+ * at hand-out and exchanged atomically at free, never by anything the
+ * program can overwrite in the block.
  *
  * Blocks travel as in the default mode, through the thread's cache (its
  * bins, which the hot paths never see in this mode: tcache.c gives them
@@ -45,17 +45,22 @@ static bool have_avx2;              /* the zero check's widest loads (harden_ini
  * is one block from the classes (or a large block), made at the thread's
  * first hardened free and given back at its exit, when the blocks still in
  * it go straight to the cache or their chunks (each is checked again when
- * it is handed out).  Initial-exec TLS, as tcache.c's: no allocation. */
-struct q_entry {
-    void *p;
-    uint32_t size, cls;             /* so that leaving needs no class table */
-};
+ * it is handed out).  Initial-exec TLS, as tcache.c's: no allocation.
+ *
+ * The ring has OPT_QUARANTINE_BLOCKS slots, so that once it is full the
+ * slot a free fills holds the oldest block, the one that leaves: a free
+ * is one load and one store in the ring.  A slot is a block's address
+ * with its class in the top byte (user addresses are below 2^56 on x86-64
+ * and aarch64), or 0 when empty. */
+#define Q_CLS_SHIFT 56
 
 struct quarantine {
-    uint32_t head, count, mask;     /* next slot to fill; slots in use; capacity - 1 */
-    size_t bytes;
-    size_t max_blocks, max_bytes;   /* the options (set once, at start-up) */
-    struct q_entry *e;              /* the blocks, oldest at head - count */
+    uint32_t head;                  /* the slot the next free fills */
+    uint32_t count;                 /* slots in use: those before head */
+    uint32_t cap;                   /* OPT_QUARANTINE_BLOCKS */
+    size_t bytes;                   /* the blocks' sizes, summed */
+    size_t max_bytes;               /* OPT_QUARANTINE_BYTES */
+    uintptr_t e[];                  /* oldest at head - count (mod cap) */
 };
 
 enum { Q_NONE, Q_MAKING, Q_LIVE, Q_DEAD };
@@ -106,33 +111,23 @@ static void purge_keeping_errno(void)
     errno = saved;
 }
 
-/* The oldest entry out of the ring, which is left consistent: its release
- * may come back into it. */
-static inline struct q_entry q_take_oldest(struct quarantine *q)
+static inline void *slot_block(uintptr_t e)
 {
-    struct q_entry e = q->e[(q->head - q->count) & q->mask];
-    q->count--;
-    q->bytes -= e.size;
-    return e;
+    return (void *)(e & (((uintptr_t)1 << Q_CLS_SHIFT) - 1));
 }
 
-static inline bool q_over(const struct quarantine *q)
-{
-    return q->count > q->max_blocks || q->bytes > q->max_bytes;
-}
+static inline unsigned slot_class(uintptr_t e) { return (unsigned)(e >> Q_CLS_SHIFT); }
 
-static inline void q_store(struct quarantine *q, void *p, unsigned cls, size_t size)
-{
-    q->e[q->head] = (struct q_entry){ p, (uint32_t)size, cls };
-    q->head = (q->head + 1) & q->mask;
-    q->count++;
-    q->bytes += size;
-}
-
+/* The oldest block out of the ring, which is left consistent before the
+ * block is released: its release may come back into it. */
 static void q_pop_oldest(struct quarantine *q)
 {
-    struct q_entry e = q_take_oldest(q);
-    release(e.p, e.cls);
+    uint32_t i = q->head >= q->count ? q->head - q->count : q->head + q->cap - q->count;
+    uintptr_t e = q->e[i];
+    q->e[i] = 0;
+    q->count--;
+    q->bytes -= memalloc_classes[slot_class(e)].size;
+    release(slot_block(e), slot_class(e));
 }
 
 static void q_drain(struct quarantine *q)
@@ -163,10 +158,8 @@ static NOINLINE struct quarantine *q_make(void)
     if (q_state != Q_NONE || !q_key_ok)
         return NULL;
     q_state = Q_MAKING;             /* pthread_setspecific may allocate */
-    uint32_t cap = 1;               /* a block more: q_push pops after it pushes */
-    while (cap <= (uint32_t)option(OPT_QUARANTINE_BLOCKS))
-        cap *= 2;
-    size_t bytes = sizeof(struct quarantine) + (size_t)cap * sizeof(struct q_entry);
+    uint32_t cap = (uint32_t)option(OPT_QUARANTINE_BLOCKS);
+    size_t bytes = sizeof(struct quarantine) + (size_t)cap * sizeof(uintptr_t);
     bool zeroed;
     size_t dirty;
     struct quarantine *q = bytes <= SMALL_MAX ? chunk_alloc(size_to_class(bytes), &zeroed)
@@ -175,9 +168,8 @@ static NOINLINE struct quarantine *q_make(void)
         q_state = Q_NONE;
         return NULL;
     }
-    *q = (struct quarantine){ .mask = cap - 1, .e = (struct q_entry *)(q + 1),
-                              .max_blocks = (size_t)option(OPT_QUARANTINE_BLOCKS),
-                              .max_bytes = (size_t)option(OPT_QUARANTINE_BYTES) };
+    *q = (struct quarantine){ .cap = cap, .max_bytes = (size_t)option(OPT_QUARANTINE_BYTES) };
+    memset(q->e, 0, (size_t)cap * sizeof(uintptr_t));
     if (pthread_setspecific(q_key, q) != 0) {
         q_exit(q);                  /* and no quarantine for this thread */
         return NULL;
@@ -187,13 +179,36 @@ static NOINLINE struct quarantine *q_make(void)
     return q;
 }
 
-/* A free whose block is to leave the ring with more still over its
- * bounds: a big block pushed out several small ones. */
-static NOINLINE void q_shed(struct quarantine *q, struct q_entry e)
+/* A free that put the ring over its byte bound (a big block came in):
+ * old, the block it pushed out if any, released, then the oldest until
+ * the ring is within the bound. */
+static NOINLINE void q_shed(struct quarantine *q, uintptr_t old)
 {
-    release(e.p, e.cls);
-    while (q_over(q))
+    if (old)
+        release(slot_block(old), slot_class(old));
+    while (q->bytes > q->max_bytes)
         q_pop_oldest(q);
+}
+
+/* p, a freed, zeroed block of class cls and size bytes, into the ring q at
+ * its head; when the ring is full, the slot holds the oldest block, which
+ * leaves (in steady state, every time).  Releasing last, so that the
+ * common case makes no call and its caller saves few registers. */
+static inline void q_put(struct quarantine *q, void *p, unsigned cls, size_t size)
+{
+    uint32_t h = q->head;
+    uintptr_t old = q->e[h];
+    q->e[h] = (uintptr_t)p | (uintptr_t)cls << Q_CLS_SHIFT;
+    q->head = h + 1 == q->cap ? 0 : h + 1;
+    q->bytes += size;
+    if (likely(old))
+        q->bytes -= memalloc_classes[slot_class(old)].size;
+    else
+        q->count++;
+    if (unlikely(q->bytes > q->max_bytes))
+        q_shed(q, old);
+    else if (likely(old))
+        release(slot_block(old), slot_class(old));
 }
 
 /* This thread's first hardened free, or a free without a quarantine (its
@@ -211,28 +226,17 @@ static NOINLINE void q_first(void *p, unsigned cls, size_t size)
         purge_keeping_errno();
         return;
     }
-    q_store(q, p, cls, size);
+    q_put(q, p, cls, size);
 }
 
-/* A freed, zeroed block of class cls into this thread's ring, and the
- * oldest out when that puts the ring over its bounds (in steady state,
- * every time).  Pushing first leaves the release last, so that the common
- * case makes no call and its caller saves few registers. */
+/* A freed, zeroed block into this thread's ring. */
 static inline void q_push(void *p, unsigned cls, size_t size)
 {
     struct quarantine *q = q_mine;
-    if (unlikely(!q)) {
+    if (unlikely(!q))
         q_first(p, cls, size);
-        return;
-    }
-    q_store(q, p, cls, size);
-    if (q_over(q)) {
-        struct q_entry e = q_take_oldest(q);
-        if (unlikely(q_over(q)))
-            q_shed(q, e);
-        else
-            release(e.p, e.cls);
-    }
+    else
+        q_put(q, p, cls, size);
 }
 
 /* malloc(0)'s slots (see zero_alloc), under q_lock. */
@@ -265,10 +269,10 @@ void harden_init(void)
     option_set(OPT_PERTURB, 0);
 }
 
-static inline uint64_t canary_of(const void *p)
+static inline uint32_t canary_of(const void *p)
 {
     uint64_t x = ((uint64_t)(uintptr_t)p ^ canary_secret) * 0x9e3779b97f4a7c15ull;
-    return x ^ (x >> 29);
+    return (uint32_t)(x >> 32);     /* the product's high half mixes every bit */
 }
 
 /* The class for n bytes at alignment align, or NUM_CLASSES when it takes a
@@ -304,17 +308,25 @@ static inline __attribute__((always_inline)) size_t block_index(struct chunk *c,
 
 static inline bool live_get(struct chunk *c, size_t idx)
 {
-    return (__atomic_load_n(&chunk_live_map(c)[idx / 64], __ATOMIC_ACQUIRE) >> (idx % 64)) & 1;
+    return __atomic_load_n(&chunk_live_map(c)[idx], __ATOMIC_RELAXED);
 }
 
-/* Sets (or clears) block idx's bit; returns what it was.  Atomic: the
- * other bits of the word belong to blocks other threads hold. */
-static inline bool live_flip(struct chunk *c, size_t idx, bool set)
+/* Handing out: the block is this thread's alone (it came from this
+ * thread's cache or its class), so its byte needs no atomic exchange; a
+ * byte that says held already is a block handed out twice. */
+static inline bool live_take(struct chunk *c, size_t idx)
 {
-    uint64_t bit = (uint64_t)1 << (idx % 64), *w = &chunk_live_map(c)[idx / 64];
-    uint64_t old = set ? __atomic_fetch_or(w, bit, __ATOMIC_ACQ_REL)
-                       : __atomic_fetch_and(w, ~bit, __ATOMIC_ACQ_REL);
-    return (old & bit) != 0;
+    uint8_t *b = &chunk_live_map(c)[idx];
+    bool was = __atomic_load_n(b, __ATOMIC_RELAXED);
+    __atomic_store_n(b, 1, __ATOMIC_RELAXED);
+    return was;
+}
+
+/* Freeing: an atomic exchange, so that of two threads freeing the same
+ * block at once exactly one sees it held. */
+static inline bool live_drop(struct chunk *c, size_t idx)
+{
+    return __atomic_exchange_n(&chunk_live_map(c)[idx], 0, __ATOMIC_ACQ_REL);
 }
 
 /* ---- handing out and taking back ------------------------------------------------- */
@@ -385,13 +397,13 @@ static bool zero_big_past_links(const char *p, size_t size)
 }
 
 /* The last steps of handing out p, a block of chunk c whose contents are
- * vouched for: its links cleared, its live bit set, its canary written. */
+ * vouched for: its links cleared, its live byte set, its canary written. */
 static inline void *hand_over(void **p, struct chunk *c, size_t idx, size_t size)
 {
     p[0] = p[1] = NULL;
-    if (unlikely(live_flip(c, idx, true)))
+    if (unlikely(live_take(c, idx)))
         fatal_pointer("malloc", "corrupted heap metadata at", p);
-    uint64_t canary = canary_of(p);
+    uint32_t canary = canary_of(p);
     memcpy((char *)p + size - CANARY, &canary, CANARY);
     return p;
 }
@@ -442,7 +454,7 @@ static NOINLINE void *small_alloc_slow(struct tcache *t, unsigned cls)
     return hand_out(p, cls, zeroed);
 }
 
-/* A block of class cls, zeroed, canary written, live bit set; or NULL
+/* A block of class cls, zeroed, canary written, live byte set; or NULL
  * with errno ENOMEM. */
 static inline void *small_alloc(unsigned cls)
 {
@@ -464,7 +476,7 @@ static inline bool is_free_call(const char *func)
 
 static inline void canary_check(const void *p, size_t size, const char *func)
 {
-    uint64_t have, want = canary_of(p);
+    uint32_t have, want = canary_of(p);
     memcpy(&have, (const char *)p + size - CANARY, CANARY);
     if (unlikely(have != want))
         fatal_pointer(func, "overflow past the end of", p);
@@ -501,8 +513,8 @@ static NOINLINE void small_free_big(void *p, unsigned cls, size_t size)
  * makes no call. */
 static void small_free(struct chunk *c, void *p, const char *func)
 {
-    /* The flip decides between two threads freeing p at once. */
-    if (unlikely(!live_flip(c, block_index(c, p, func), false)))
+    /* The exchange decides between two threads freeing p at once. */
+    if (unlikely(!live_drop(c, block_index(c, p, func))))
         fatal_pointer(func, "double free", p);
     size_t size = c->size;
     canary_check(p, size, func);

@@ -13,8 +13,10 @@
  * a write after free; through malloc(0), any access (SIGSEGV) and a double
  * free.  Alongside: freed blocks read as
  * zeroes, fresh blocks read as zeroes even where the memory held data,
- * writes up to the usable size are fine, alignment holds, malloc_trim
- * empties the quarantine, free leaves errno alone, M_PERTURB changes
+ * writes up to the usable size are fine, alignment holds, a request takes
+ * the class of its size and the 4-byte canary, every block of a full chunk
+ * has its own live byte, a freed block is reused after exactly the
+ * quarantine's bound of later frees, malloc_trim empties the quarantine, free leaves errno alone, M_PERTURB changes
  * nothing, and a thread's quarantine goes back at its exit.
  */
 #define _GNU_SOURCE
@@ -283,6 +285,75 @@ static void test_alignment(void)
     CHECK_HEAP("the hardened run");
 }
 
+/* A request takes the smallest class that holds it and the 4-byte
+ * canary: 28 bytes fit a 32-byte block, 29 take the next (48), and the
+ * usable size is the class less the canary. */
+static void test_canary_class(void)
+{
+    static const struct { size_t n, usable; } want[] = {
+        {1, 12}, {12, 12}, {13, 28}, {28, 28}, {29, 44}, {44, 44}, {45, 60}, {124, 124},
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        void *p = memalloc_malloc(want[k].n);
+        size_t u = memalloc_malloc_usable_size(p);
+        CHECK(u == want[k].usable, "malloc(%zu): usable %zu, want %zu", want[k].n, u,
+              want[k].usable);
+        memalloc_free(p);
+    }
+}
+
+/* Every block of a chunk has a live byte of its own, the last ones
+ * included: thousands of blocks of the smallest class and of a middle
+ * one, written up to their usable size, freed without one taken for a
+ * double free, and the heap consistent. */
+static void test_full_chunks(void)
+{
+    static void *v[9000];
+    static const struct { size_t n; int count; } runs[] = { {8, 9000}, {200, 1000} };
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        for (int i = 0; i < runs[r].count; i++) {
+            v[i] = memalloc_malloc(runs[r].n);
+            if (!v[i]) {
+                FAIL("malloc(%zu) failed", runs[r].n);
+                return;
+            }
+            memset(v[i], 0xff, memalloc_malloc_usable_size(v[i]));
+        }
+        for (int i = 0; i < runs[r].count; i++)
+            memalloc_free(v[i]);
+    }
+    CHECK_HEAP("after filling whole chunks");
+}
+
+/* A freed block is handed out again only once MEMALLOC_QUARANTINE_BLOCKS
+ * (1024 by default) blocks have been freed after it, and then at once
+ * (the cache is LIFO): the ring holds exactly its bound.  In a thread of
+ * its own, whose ring starts empty. */
+#define Q_DEFAULT_BLOCKS 1024
+static void *depth_main(void *arg)
+{
+    int *reused_at = arg;
+    void *p = memalloc_malloc(24);
+    memalloc_free(p);
+    for (int i = 0; i <= Q_DEFAULT_BLOCKS + 64 && *reused_at < 0; i++) {
+        void *q = memalloc_malloc(24);
+        if (q == p)
+            *reused_at = i;         /* after i frees */
+        memalloc_free(q);
+    }
+    return NULL;
+}
+
+static void test_quarantine_depth(void)
+{
+    int reused_at = -1;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, depth_main, &reused_at) == 0, "pthread_create");
+    pthread_join(t, NULL);
+    CHECK(reused_at == Q_DEFAULT_BLOCKS, "a freed block was handed out again after %d frees, "
+          "want %d", reused_at, Q_DEFAULT_BLOCKS);
+}
+
 /* Freed blocks wait in the quarantine (still in use for their chunks)
  * until malloc_trim hands them all back. */
 static void test_quarantine_trim(void)
@@ -481,6 +552,9 @@ int main(int argc, char **argv)
     test_zero_size();
     test_zeroes();
     test_alignment();
+    test_canary_class();
+    test_full_chunks();
+    test_quarantine_depth();
     test_quarantine_trim();
     test_perturb();
     test_errno();
