@@ -806,7 +806,10 @@ void chunk_init(void)
         size_t natural = lowest_bit(size) < CLASS_ALIGN_MAX ? lowest_bit(size) : CLASS_ALIGN_MAX;
         size_t data_off, units, capacity;
         geometry(size, CHUNK_HDR_SIZE, natural, &data_off, &units, &capacity);
-        if (option(OPT_HARDEN))     /* a live byte for each block that fits without one */
+        /* Hardened, a live byte for each block after the header: a bigger
+         * header leaves room for no more blocks unless it takes a unit
+         * more, so this ends, in one pass for every class today. */
+        while (option(OPT_HARDEN) && data_off - CHUNK_HDR_SIZE < capacity)
             geometry(size, CHUNK_HDR_SIZE + capacity, natural, &data_off, &units, &capacity);
         size_t align = lowest_bit(size) < lowest_bit(data_off) ? lowest_bit(size)
                                                               : lowest_bit(data_off);

@@ -6,8 +6,8 @@
  * at free (a read after free sees zeroes, not data or free-list words) and
  * checked to be zero still when handed out again ("write after free"); a
  * FIFO quarantine that delays their reuse; and whether a block is the
- * program's decided by its chunk's live map (chunk.h), a byte a block set
- * at hand-out and exchanged atomically at free, never by anything the
+ * program's decided by its chunk's live map (chunk.h), a byte for each
+ * block, set at hand-out and exchanged atomically at free, never by anything the
  * program can overwrite in the block.
  *
  * Blocks travel as in the default mode, through the thread's cache (its
@@ -179,9 +179,10 @@ static NOINLINE struct quarantine *q_make(void)
     return q;
 }
 
-/* A free that put the ring over its byte bound (a big block came in):
- * old, the block it pushed out if any, released, then the oldest until
- * the ring is within the bound. */
+/* A free that put the ring over its byte bound (a big block came in, or,
+ * in steady state, any block over 256 bytes, whose bytes bind before
+ * their count): old, the block it pushed out if any, released, then the
+ * oldest until the ring is within the bound. */
 static NOINLINE void q_shed(struct quarantine *q, uintptr_t old)
 {
     if (old)
