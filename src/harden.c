@@ -7,8 +7,8 @@
  * checked to be zero still when handed out again ("write after free"); a
  * FIFO quarantine that delays their reuse; and whether a block is the
  * program's decided by its chunk's live map (chunk.h), a byte for each
- * block, set at hand-out and exchanged atomically at free, never by anything the
- * program can overwrite in the block.
+ * block, set at hand-out and exchanged atomically at free, never by
+ * anything the program can overwrite in the block.
  *
  * Blocks travel as in the default mode, through the thread's cache (its
  * bins, which the hot paths never see in this mode: tcache.c gives them
