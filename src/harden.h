@@ -17,9 +17,10 @@
 
 /* The last CANARY bytes of every small block handed out in hardened mode:
  * a request of n bytes takes the class of n + CANARY.  Four bytes, as
- * mimalloc's padding canary: a wider one would push a request into the
- * next class twice as often, and a blind forgery already has one chance
- * in 2^32. */
+ * mimalloc's padding canary: with classes 16 bytes apart, a request lands
+ * in the next class when its size leaves fewer than CANARY bytes free, so
+ * a wider canary pushes more requests up (bench/MECHANISMS.md has the
+ * figures), and a blind forgery already has one chance in 2^32. */
 #define CANARY 4u
 
 /* The mode's one switch: the option, set by the first options_load only. */

@@ -16,8 +16,9 @@
  * writes up to the usable size are fine, alignment holds, a request takes
  * the class of its size and the 4-byte canary, every block of a full chunk
  * has its own live byte, a freed block is reused after exactly the
- * quarantine's bound of later frees, malloc_trim empties the quarantine, free leaves errno alone, M_PERTURB changes
- * nothing, and a thread's quarantine goes back at its exit.
+ * quarantine's bound of later frees, malloc_trim empties the quarantine,
+ * free leaves errno alone, M_PERTURB changes nothing, and a thread's
+ * quarantine goes back at its exit.
  */
 #define _GNU_SOURCE
 #include <errno.h>
